@@ -1,0 +1,143 @@
+"""Event subscribers on FastStream: decode, dead-letter what is invalid, skip what is
+unknown, retry what is transient, and hand typed events to the service's handler.
+
+    subscribe_events(broker, [topics.events("contacts")], group_id="ballots",
+                     handler=on_contacts_event, dead_letter_topic=topics.dead_letter)
+
+The handler gets `(envelope, payload)` for every event type the registry knows and does
+its work in its own transaction with the inbox (`inbox.claim`), so a redelivery after a
+crash has no second effect. Offsets are committed after the handler returns
+(`AckPolicy.NACK_ON_ERROR`): a failure rewinds to the message instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter
+
+from .envelope import Envelope, EventData, InvalidEvent
+from .registry import parse_payload
+from .serde import decode
+
+log = structlog.get_logger("turnout.consumer")
+
+Handler = Callable[[Envelope, EventData], Awaitable[None]]
+
+CONSUMED = Counter("events_consumed_total", "Events handled by a consumer", ["group", "type"])
+DEAD_LETTERED = Counter("events_dead_lettered_total", "Events sent to the dead-letter topic",
+                        ["group", "reason"])
+
+# Errors worth waiting out (the database restarting, a network blip) rather than
+# dead-lettering: the event is fine, the world is not.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+try:  # sqlalchemy and asyncpg are dependencies of this package, but keep the import local
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    TRANSIENT_ERRORS += (OperationalError, InterfaceError, asyncpg.PostgresConnectionError,
+                         asyncpg.CannotConnectNowError)
+except ImportError:  # pragma: no cover
+    DBAPIError = None  # type: ignore[assignment,misc]
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return DBAPIError is not None and isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+async def dead_letter(broker: KafkaBroker, dead_letter_topic: str, record: Any, *,
+                      group_id: str, reason: str, error: str) -> None:
+    """Copy the record as it was to the dead-letter topic, with why and where in headers."""
+    headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+    headers.update({
+        "dead-letter-reason": reason,
+        "dead-letter-error": error[:1000],
+        "dead-letter-topic": record.topic,
+        "dead-letter-partition": str(record.partition),
+        "dead-letter-offset": str(record.offset),
+        "dead-letter-consumer-group": group_id,
+    })
+    await broker.publish(record.value if record.value is not None else b"",
+                         topic=dead_letter_topic, key=record.key, headers=headers)
+    DEAD_LETTERED.labels(group_id, reason).inc()
+    log.warning("consumer.dead_lettered", group=group_id, reason=reason, error=error[:300],
+                topic=record.topic, partition=record.partition, offset=record.offset)
+
+
+def subscribe_events(
+    broker: KafkaBroker,
+    topics: Sequence[str],
+    *,
+    group_id: str,
+    handler: Handler,
+    dead_letter_topic: str,
+    handler_attempts: int = 3,
+    transient_retry_seconds: float = 60.0,
+    **subscriber_options: Any,
+) -> Any:
+    """Register a subscriber for `topics` in consumer group `group_id`."""
+
+    async def on_message(msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        try:
+            envelope = decode(record.value)
+            payload = parse_payload(envelope)
+        except InvalidEvent as exc:
+            await dead_letter(broker, dead_letter_topic, record, group_id=group_id,
+                              reason="invalid", error=str(exc))
+            return
+        if payload is None:
+            return  # an event type or version we do not know: ignored by contract
+        structlog.contextvars.bind_contextvars(correlation_id=envelope.correlation_id)
+        try:
+            await _handle_with_retries(envelope, payload)
+        except _HandlerFailed as exc:
+            await dead_letter(broker, dead_letter_topic, record, group_id=group_id,
+                              reason="handler-failed", error=str(exc))
+        finally:
+            structlog.contextvars.unbind_contextvars("correlation_id")
+        CONSUMED.labels(group_id, envelope.type).inc()
+
+    async def _handle_with_retries(envelope: Envelope, payload: EventData) -> None:
+        failures = 0
+        delay, waited = 0.1, 0.0
+        while True:
+            try:
+                await handler(envelope, payload)
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    if waited >= transient_retry_seconds:
+                        raise  # NACK: rewind and let the next poll try again
+                    log.warning("consumer.transient_error", group=group_id,
+                                error=type(exc).__name__, retry_in=delay)
+                    await asyncio.sleep(delay)  # backoff between attempts, not a race fix
+                    waited += delay
+                    delay = min(delay * 2, 5.0)
+                    continue
+                failures += 1
+                log.exception("consumer.handler_error", group=group_id, event_id=str(envelope.id),
+                              event_type=envelope.type, attempt=failures)
+                if failures >= handler_attempts:
+                    raise _HandlerFailed(f"{type(exc).__name__} after {failures} attempts "
+                                         f"handling {envelope.type} {envelope.id}") from exc
+
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",  # a new consumer group starts from history
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+    }
+    options.update(subscriber_options)
+    return broker.subscriber(*topics, **options)(on_message)
+
+
+class _HandlerFailed(Exception):
+    pass

@@ -1,0 +1,258 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in order, and marks them.
+
+- Wakes on `LISTEN turnout_outbox` (the NOTIFY sent by `add_events` on commit), and polls
+  every `poll_interval` seconds in case a notification was missed.
+- Publishes with an idempotent producer (`acks=all`); rows are marked published only after
+  the broker acknowledged them, so a crash republishes (consumers dedupe by event id) but
+  never loses.
+- While the broker is down it backs off exponentially (capped), without busy looping;
+  HTTP commands keep writing to the outbox meanwhile, and the backlog drains on return.
+- Only one relay per database publishes at a time: a session-level advisory lock elects a
+  leader. Two relays could each take different rows with SKIP LOCKED, but then two rows of
+  one key could race each other to the broker; one publisher keeps per-key order simple.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import zlib
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge
+
+from .tables import OUTBOX_CHANNEL
+
+log = structlog.get_logger("turnout.relay")
+
+PUBLISHED = Counter("outbox_events_published_total", "Outbox events published to Kafka",
+                    ["service"])
+BACKLOG = Gauge("outbox_backlog", "Outbox events committed but not yet published", ["service"])
+PUBLISH_FAILURES = Counter("outbox_publish_failures_total",
+                           "Failed attempts to publish an outbox batch", ["service"])
+
+
+def asyncpg_dsn(url: str) -> str:
+    """SQLAlchemy URLs (`postgresql+asyncpg://`) to the plain form asyncpg accepts."""
+    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
+@dataclass
+class RelaySettings:
+    batch_size: int = 5000
+    poll_interval: float = 1.0
+    standby_interval: float = 2.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 15.0
+    purge_after_seconds: float = 24 * 3600.0
+    linger_ms: int = 5
+
+
+class OutboxRelay:
+    def __init__(self, database_url: str, bootstrap_servers: str, *, service: str,
+                 settings: RelaySettings | None = None) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.bootstrap_servers = bootstrap_servers
+        self.service = service
+        self.settings = settings or RelaySettings()
+        # One lock id per service: two services sharing a database (tests, small installs)
+        # each get their own leader.
+        self.lock_id = zlib.crc32(f"turnout-outbox-relay:{service}".encode())
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task | None = None
+        self.is_leader = False
+        self.published = 0
+        self.publish_failures = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}")
+        return self._task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_producer()
+
+    async def run(self) -> None:
+        backoff = _Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        while not self._stop.is_set():
+            try:
+                conn = await asyncpg.connect(self.dsn)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("relay.database_unavailable", error=type(exc).__name__)
+                await self._sleep(backoff.next())
+                continue
+            try:
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_id):
+                    self.is_leader = True
+                    log.info("relay.leader", service=self.service)
+                    backoff.reset()
+                    await self._lead(conn)
+                else:
+                    await self._sleep(self.settings.standby_interval)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("relay.database_error", error=type(exc).__name__)
+                await self._sleep(backoff.next())
+            finally:
+                self.is_leader = False
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=5)
+        await self._close_producer()
+
+    # -- leading ---------------------------------------------------------------------
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
+        # Marking a batch published runs on a second connection while the next batch is
+        # being sent; only one mark is outstanding, and the next fetch skips the seq range
+        # it covers. Publishing itself stays strictly one batch after another.
+        mark_conn = await asyncpg.connect(self.dsn)
+        pending: asyncio.Task | None = None
+        pending_range = (0, -1)
+        backoff = _Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        last_purge = last_backlog = 0.0
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                lo, hi = pending_range
+                rows = await conn.fetch(
+                    "SELECT seq, topic, key, payload, event_id, event_type, event_version, "
+                    "correlation_id FROM outbox WHERE published_at IS NULL "
+                    "AND (seq < $2 OR seq > $3) ORDER BY seq LIMIT $1",
+                    self.settings.batch_size, lo, hi,
+                )
+                now = time.monotonic()
+                if not rows:
+                    if pending is not None:
+                        await pending  # then look again, with nothing excluded
+                        pending, pending_range = None, (0, -1)
+                        continue
+                    if now - last_backlog > 5:
+                        BACKLOG.labels(self.service).set(0)
+                        last_backlog = now
+                    if now - last_purge > 600:
+                        await self._purge(conn)
+                        last_purge = now
+                    await self._wait_for_work(self.settings.poll_interval)
+                    continue
+                if now - last_backlog > 5:
+                    BACKLOG.labels(self.service).set(await conn.fetchval(
+                        "SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+                    last_backlog = now
+                try:
+                    await self._publish(rows)
+                except Exception as exc:  # the broker is away or refused: back off, keep rows
+                    PUBLISH_FAILURES.labels(self.service).inc()
+                    self.publish_failures += 1
+                    delay = backoff.next()
+                    log.warning("relay.publish_failed", error=type(exc).__name__,
+                                pending=len(rows), retry_in=round(delay, 2))
+                    await self._close_producer()
+                    await self._sleep(delay)
+                    continue
+                backoff.reset()
+                if pending is not None:
+                    await pending
+                seqs = [r["seq"] for r in rows]
+                pending = asyncio.create_task(self._mark(mark_conn, seqs))
+                pending_range = (seqs[0], seqs[-1])
+            if pending is not None:
+                await pending
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            with contextlib.suppress(Exception):
+                await mark_conn.close(timeout=5)
+
+    async def _mark(self, conn: asyncpg.Connection, seqs: list[int]) -> None:
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])", seqs)
+        self.published += len(seqs)
+        PUBLISHED.labels(self.service).inc(len(seqs))
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> None:
+        producer = await self._ensure_producer()
+        futures = []
+        for r in rows:
+            headers = [
+                ("event-id", str(r["event_id"]).encode()),
+                ("event-type", r["event_type"].encode()),
+                ("event-version", str(r["event_version"]).encode()),
+            ]
+            if r["correlation_id"]:
+                headers.append(("correlation-id", r["correlation_id"].encode()))
+            futures.append(await producer.send(
+                r["topic"], value=bytes(r["payload"]), key=r["key"].encode(), headers=headers))
+        # Every row acknowledged (acks=all) before any is marked.
+        await asyncio.gather(*futures)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=self.settings.linger_ms,
+                request_timeout_ms=15000,
+                max_batch_size=256 * 1024,
+                client_id=f"{self.service}-outbox-relay",
+            )
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+
+    async def _purge(self, conn: asyncpg.Connection) -> None:
+        deleted = await conn.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+            self.settings.purge_after_seconds,
+        )
+        log.debug("relay.purged", result=deleted)
+
+    # -- waiting ---------------------------------------------------------------------
+    def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _sleep(self, seconds: float) -> None:
+        # Stoppable sleep: returns early when the relay is asked to stop.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+class _Backoff:
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum, self.current = initial, maximum, initial
+
+    def next(self) -> float:
+        delay = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.current * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial
