@@ -62,8 +62,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     table = Table("component", "mode", "running", "address", "logs")
     for name, info in state.items():
+        address = info.get("url") or info.get("bootstrap_servers")
         table.add_row(name, str(info.get("mode")), str(info.get("running", "?")),
-                      str(info.get("url") or info.get("bootstrap_servers")), str(info.get("log", "")))
+                      str(address), str(info.get("log", "")))
     console.print(table)
     if not all(info.get("running", True) for info in state.values()):
         raise typer.Exit(1)
@@ -72,9 +73,12 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def token(
     role: Annotated[str, typer.Option(help="rep, organiser, national, service or admin")],
-    branch: Annotated[list[str] | None, typer.Option(help="branch code (reps); repeatable")] = None,
-    group: Annotated[list[str] | None, typer.Option(help="group code (organisers); repeatable")] = None,
-    subject: Annotated[str | None, typer.Option(help="the caller's id; default: a new one")] = None,
+    branch: Annotated[list[str] | None,
+                      typer.Option(help="branch code (reps); repeatable")] = None,
+    group: Annotated[list[str] | None,
+                     typer.Option(help="group code (organisers); repeatable")] = None,
+    subject: Annotated[str | None,
+                       typer.Option(help="the caller's id; default: a new one")] = None,
     ttl_hours: Annotated[float, typer.Option(help="hours until it expires")] = 12.0,
 ) -> None:
     """Print a bearer token signed with the local secret (TURNOUT_JWT_SECRET)."""

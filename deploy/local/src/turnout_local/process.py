@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -38,10 +39,8 @@ def stop_pid(pid: int, *, timeout: float = 30.0) -> None:
         if not psutil.pid_exists(pid) or not _not_zombie(pid):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str) -> None:

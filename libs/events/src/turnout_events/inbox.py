@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from .tables import inbox
 
 
-async def claim(session: AsyncSession | AsyncConnection, consumer: str, event_id: uuid.UUID) -> bool:
+async def claim(
+    session: AsyncSession | AsyncConnection, consumer: str, event_id: uuid.UUID
+) -> bool:
     return bool(await claim_many(session, consumer, [event_id]))
 
 
