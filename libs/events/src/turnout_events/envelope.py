@@ -12,7 +12,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .privacy import find_contact_values
 
 SYSTEM_ACTOR = "system"
 
@@ -27,9 +30,13 @@ class EventData(BaseModel):
 
     Payloads are frozen and ignore unknown fields, so a consumer built against version N
     reads any later additive change of version N.
+
+    Every string in a payload, however deeply nested, is checked for email addresses and
+    phone numbers: the event log cannot be erased, so contact values must never get in.
+    Validation errors never echo the input (`hide_input_in_errors`) for the same reason.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     event_type: ClassVar[str]
     version: ClassVar[int] = 1
@@ -39,9 +46,24 @@ class EventData(BaseModel):
     def partition_key(self) -> str:
         return str(getattr(self, self.key_field))
 
+    # One model-level pass rather than a validator per field: payload validation sits on
+    # the hot path of every consumer, and this pass costs about a microsecond.
+    @model_validator(mode="after")
+    def _no_contact_values(self) -> EventData:
+        found = find_contact_values(self)
+        if found:
+            raise PydanticCustomError(
+                "personal_data",
+                "{problems}; events carry pseudonymous ids, codes and flags, never contact "
+                "details",
+                {"problems": "; ".join(f"field {path} looks like {kind}" for path, kind in found)},
+            )
+        return self
+
 
 class Envelope(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # hide_input_in_errors: a malformed envelope may carry personal data; keep it out of logs.
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     id: uuid.UUID
     type: str = Field(min_length=3, max_length=100, pattern=r"^[a-z]+\.[a-z][a-z0-9_-]*$")
