@@ -1,0 +1,193 @@
+"""The app factory: a FastAPI app with everything every Turnout service serves.
+
+    app = create_app(settings, title="contacts", version="1",
+                     routers=[members.router], broker=broker,
+                     on_startup=[open_db], on_shutdown=[close_db])
+
+gives `/healthz`, `/readyz`, `/metrics`, OpenAPI at `/docs`, problem-details errors,
+correlation ids, an access log without query strings, a body size limit, bearer-token
+auth configured from the settings (`app.state.token_verifier`), and a lifespan that
+starts and stops the FastStream broker.
+
+The broker is a plain `faststream.kafka.KafkaBroker` started in the lifespan, not
+FastStream's FastAPI integration (deprecated since 0.7.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from .auth import TokenVerifier
+from .middleware import (
+    AccessMiddleware,
+    BodySizeLimitMiddleware,
+    CorrelationIdMiddleware,
+    UnhandledErrorMiddleware,
+)
+from .problems import install_problem_handlers
+from .readiness import ReadinessCheck, run_checks
+from .settings import ServiceSettings
+
+log = structlog.get_logger("turnout_kit.app")
+
+Hook = Callable[[FastAPI], Awaitable[Any]]
+
+# Reconnect schedule when Kafka is not there at startup: doubling, capped.
+BROKER_RETRY_INITIAL_DELAY = 1.0
+BROKER_RETRY_MAX_DELAY = 30.0
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    version: str,
+    routers: Sequence[APIRouter] = (),
+    broker: Any | None = None,
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+    readiness_checks: Sequence[ReadinessCheck] = (),
+    token_verifier: TokenVerifier | None = None,
+    **fastapi_options: Any,
+) -> FastAPI:
+    """Build a service's app.
+
+    Hooks receive the app (put engines and the like on `app.state`). Startup hooks run
+    in order before the broker starts (a consumer may need the database); shutdown
+    hooks run in order after it stops. `app.state.readiness_checks` is a list that
+    startup hooks may append to, e.g. `database_check(engine)` once the engine exists.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.uses_development_jwt_secret:
+            log.warning("development_jwt_secret_in_use",
+                        hint="set TURNOUT_JWT_SECRET or TURNOUT_JWKS_URL")
+        for hook in on_startup:
+            await hook(app)
+        retry: asyncio.Task[None] | None = None
+        if broker is not None:
+            retry = await _start_broker(broker)
+        log.info("service_started", title=title, version=version,
+                 port=settings.http_port)
+        try:
+            yield
+        finally:
+            if retry is not None:
+                retry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retry
+            if broker is not None:
+                try:
+                    await broker.stop()
+                except Exception:
+                    log.exception("kafka_broker_stop_failed")
+            for hook in on_shutdown:
+                try:
+                    await hook(app)
+                except Exception:
+                    # One failing hook must not keep the others from releasing resources.
+                    log.exception("shutdown_hook_failed", hook=getattr(hook, "__name__", "?"))
+            log.info("service_stopped", title=title)
+
+    app = FastAPI(title=title, version=version, lifespan=lifespan, **fastapi_options)
+    app.state.settings = settings
+    app.state.token_verifier = token_verifier or TokenVerifier.from_settings(settings)
+    app.state.broker = broker
+    app.state.readiness_checks = list(readiness_checks)
+
+    install_problem_handlers(app)
+    # add_middleware puts each new one outermost, so this is innermost-first.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(AccessMiddleware)
+    app.add_middleware(CorrelationIdMiddleware)
+
+    _add_operational_routes(app)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    # Not in the OpenAPI document: they are for orchestrators and scrapers, not clients.
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Deliberately checks nothing else, so a database
+        outage does not get every instance restarted."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ok, results = await run_checks(app.state.readiness_checks)
+        body: dict[str, Any] = {"status": "ready" if ok else "unavailable", "checks": results}
+        if not ok:
+            body["failed"] = sorted(name for name, r in results.items() if r != "ok")
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _start_broker(broker: Any) -> asyncio.Task[None] | None:
+    """Start the broker; if Kafka is not reachable, keep trying in the background.
+
+    The service still comes up: HTTP commands write to the outbox, which drains when
+    Kafka is back, and `/readyz` reports Kafka as failing meanwhile.
+    """
+    try:
+        await broker.start()
+        return None
+    except Exception as exc:
+        log.error("kafka_broker_start_failed", error=type(exc).__name__,
+                  retry_in_s=BROKER_RETRY_INITIAL_DELAY)
+        await _reset_broker(broker)
+    return asyncio.create_task(_keep_starting(broker), name="kafka-broker-start")
+
+
+async def _reset_broker(broker: Any) -> None:
+    # A failed start can leave half the subscribers running; stop everything so the
+    # next attempt starts from scratch instead of doubling consumers.
+    with contextlib.suppress(Exception):
+        await broker.stop()
+
+
+async def _keep_starting(broker: Any) -> None:
+    delay = BROKER_RETRY_INITIAL_DELAY
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await broker.start()
+        except Exception as exc:
+            delay = min(delay * 2, BROKER_RETRY_MAX_DELAY)
+            log.warning("kafka_broker_start_failed", error=type(exc).__name__,
+                        retry_in_s=delay)
+            await _reset_broker(broker)
+        else:
+            log.info("kafka_broker_started")
+            return
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run the app with uvicorn, logging through ours (no uvicorn access log: it would
+    print query strings)."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )

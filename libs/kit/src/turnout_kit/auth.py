@@ -1,0 +1,286 @@
+"""Who is calling: bearer tokens (JWT), roles and scopes.
+
+Locally, tokens are HS256 JWTs signed with the shared secret (`turnout token ...`
+prints one). In production they come from an OIDC provider and are checked against its
+JWKS (`jwks_url`); then the shared secret is not accepted at all, so a leaked
+development secret cannot mint production tokens.
+
+Claims: `sub`, `role` (one of `Role`), `branch_codes` and `group_codes` (lists of
+codes; named so they cannot be confused with an identity provider's own `groups`),
+and the usual `iss`, `aud`, `exp`, `iat`.
+
+Scope is not authorisation by role: a rep asking for a member outside their branches
+gets 404, not 403 (see `Caller.can_see`), so member ids cannot be probed. Role checks
+(`require_roles`) answer 403, because which endpoints exist is no secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+import jwt
+import structlog
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from .problems import Problem
+
+if TYPE_CHECKING:
+    from .settings import ServiceSettings
+
+log = structlog.get_logger("turnout_kit.auth")
+
+DEFAULT_ISSUER = "turnout-local"
+DEFAULT_AUDIENCE = "turnout"
+DEFAULT_TTL = timedelta(hours=12)
+HS_ALGORITHMS = ("HS256",)
+JWKS_ALGORITHMS = ("RS256", "ES256")
+# Clock skew tolerated between the issuer and us.
+LEEWAY_SECONDS = 30
+
+
+class Role(StrEnum):
+    rep = "rep"
+    organiser = "organiser"
+    national = "national"
+    service = "service"
+    admin = "admin"
+
+
+# Roles that see every group and branch.
+UNSCOPED_ROLES = frozenset({Role.national, Role.service, Role.admin})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    subject: str
+    role: Role
+    branch_codes: frozenset[str] = field(default_factory=frozenset)
+    group_codes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def unscoped(self) -> bool:
+        """True when the caller sees every group and branch."""
+        return self.role in UNSCOPED_ROLES
+
+    def can_see(self, group_code: str | None, branch_code: str | None) -> bool:
+        """Whether a member (or unit) placed in this group and branch is in scope."""
+        if self.role is Role.rep:
+            return branch_code is not None and branch_code in self.branch_codes
+        if self.role is Role.organiser:
+            return group_code is not None and group_code in self.group_codes
+        return self.role in UNSCOPED_ROLES
+
+    def has_role(self, *roles: Role | str) -> bool:
+        return self.role in roles
+
+
+class InvalidToken(Exception):
+    """A token we do not accept. The message is for our logs, never for the caller."""
+
+
+def _secret(secret: str | SecretStr) -> str:
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+
+
+def _check_scope(role: Role, branches: Collection[str], groups: Collection[str]) -> None:
+    if role is Role.rep and not branches:
+        raise ValueError("a rep token needs at least one branch code")
+    if role is Role.organiser and not groups:
+        raise ValueError("an organiser token needs at least one group code")
+
+
+def issue_token(
+    secret: str | SecretStr,
+    role: Role | str,
+    subject: str,
+    branches: Sequence[str] = (),
+    groups: Sequence[str] = (),
+    ttl: timedelta = DEFAULT_TTL,
+    issuer: str = DEFAULT_ISSUER,
+    audience: str = DEFAULT_AUDIENCE,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """An HS256 token for local use, tests and service-to-service calls."""
+    role = Role(role)
+    _check_scope(role, branches, groups)
+    issued = now or datetime.now(UTC)
+    claims = {
+        "sub": subject,
+        "role": role.value,
+        "branch_codes": sorted(set(branches)),
+        "group_codes": sorted(set(groups)),
+        "iss": issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, _secret(secret), algorithm="HS256")
+
+
+class SigningKeySource(Protocol):
+    """What we need of `jwt.PyJWKClient` (tests may supply their own)."""
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK: ...
+
+
+class TokenVerifier:
+    """Checks bearer tokens and turns them into `Caller`s."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | SecretStr | None = None,
+        issuer: str = DEFAULT_ISSUER,
+        audience: str = DEFAULT_AUDIENCE,
+        jwks_url: str | None = None,
+        jwks_client: SigningKeySource | None = None,
+        algorithms: Sequence[str] | None = None,
+        leeway: float = LEEWAY_SECONDS,
+    ) -> None:
+        if jwks_client is None and jwks_url is not None:
+            # Keys are cached (and refetched when a token names an unknown kid), so the
+            # provider is asked rarely; a short timeout keeps a slow provider from
+            # holding requests.
+            jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        if jwks_client is None and secret is None:
+            raise ValueError("a TokenVerifier needs a secret or a JWKS")
+        self._jwks = jwks_client
+        self._secret = None if jwks_client is not None or secret is None else _secret(secret)
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = list(
+            algorithms or (JWKS_ALGORITHMS if jwks_client is not None else HS_ALGORITHMS)
+        )
+        self.leeway = leeway
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> TokenVerifier:
+        return cls(
+            secret=settings.jwt_secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            jwks_url=settings.jwks_url,
+        )
+
+    @property
+    def uses_jwks(self) -> bool:
+        return self._jwks is not None
+
+    def verify(self, token: str) -> Caller:
+        """The caller a token stands for; raises `InvalidToken`. With a JWKS this may
+        block on fetching keys: from async code use `verify_async`."""
+        key: Any = self._secret
+        if self._jwks is not None:
+            try:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWTError as exc:
+                raise InvalidToken(f"no signing key: {type(exc).__name__}") from exc
+        return self._decode(token, key)
+
+    async def verify_async(self, token: str) -> Caller:
+        if self._jwks is None:
+            return self._decode(token, self._secret)  # pure CPU, microseconds
+        return await asyncio.to_thread(self.verify, token)
+
+    def _decode(self, token: str, key: Any) -> Caller:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(type(exc).__name__) from exc
+        return caller_from_claims(claims)
+
+
+def _codes(claims: dict[str, Any], name: str) -> frozenset[str]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidToken(f"claim {name} must be a list of codes")
+    return frozenset(value)
+
+
+def caller_from_claims(claims: dict[str, Any]) -> Caller:
+    try:
+        role = Role(str(claims.get("role")))
+    except ValueError:
+        raise InvalidToken("unknown or missing role") from None
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidToken("missing subject")
+    branches = _codes(claims, "branch_codes")
+    groups = _codes(claims, "group_codes")
+    try:
+        _check_scope(role, branches, groups)
+    except ValueError as exc:
+        raise InvalidToken(str(exc)) from None
+    return Caller(subject=subject, role=role, branch_codes=branches, group_codes=groups)
+
+
+# -- FastAPI dependencies --------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT. Locally: `turnout token --role rep --branch B123`.",
+)
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return Problem(401, detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+async def current_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The authenticated caller; 401 when the token is missing or not acceptable."""
+    if credentials is None:
+        raise _unauthorized("This request needs a bearer token (Authorization: Bearer ...).")
+    verifier: TokenVerifier | None = getattr(request.app.state, "token_verifier", None)
+    if verifier is None:
+        raise RuntimeError("app.state.token_verifier is not set (see turnout_kit.app)")
+    try:
+        caller = await verifier.verify_async(credentials.credentials)
+    except InvalidToken as exc:
+        # Why it failed goes to our log only: telling the caller helps forgers.
+        log.info("token_rejected", reason=str(exc))
+        raise _unauthorized("invalid or expired token", "invalid_token") from None
+    request.state.caller = caller  # for the access log
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+def require_roles(*roles: Role | str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency that lets only these roles through (403 otherwise)."""
+    allowed = frozenset(Role(r) for r in roles)
+    if not allowed:
+        raise ValueError("require_roles needs at least one role")
+
+    async def dependency(caller: CurrentCaller) -> Caller:
+        if caller.role not in allowed:
+            raise Problem(
+                403,
+                detail="Your role cannot do this. Allowed: "
+                + ", ".join(sorted(r.value for r in allowed)) + ".",
+            )
+        return caller
+
+    return dependency

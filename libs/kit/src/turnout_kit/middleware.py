@@ -1,0 +1,202 @@
+"""The ASGI middlewares every service runs, outermost first:
+
+1. `CorrelationIdMiddleware` - binds the request's correlation id for logs and events,
+   and returns it in `X-Correlation-ID`.
+2. `AccessMiddleware` - one access log line and the HTTP metrics per request.
+3. `UnhandledErrorMiddleware` - turns an unexpected exception into a 500 problem,
+   inside the two above so that response still has its header, log line and metric.
+4. `BodySizeLimitMiddleware` - 413 for bodies larger than the service accepts.
+
+They are plain ASGI rather than `BaseHTTPMiddleware`, which runs the app in another
+task (contextvars set inside do not come back out) and buffers streaming responses
+(the reporting service streams server-sent events).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .logging import bind_correlation_id, new_correlation_id, reset_correlation_id
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS, UNMATCHED_ROUTE, method_label
+from .problems import internal_error_response, problem_response
+
+CORRELATION_HEADER = "X-Correlation-ID"
+# An id we accept from a caller: short, and made of characters that cannot forge log
+# structure or carry a sentence. Anything else is replaced by a fresh id. (The event
+# envelope allows 100 characters.)
+_VALID_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+# Paths polled by orchestrators and scrapers: logged at debug, or they drown the rest.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+access_log = structlog.get_logger("turnout.access")
+error_log = structlog.get_logger("turnout_kit.errors")
+
+
+class CorrelationIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get(CORRELATION_HEADER)
+        cid = incoming if incoming and _VALID_CORRELATION_ID.fullmatch(incoming) else None
+        cid = cid or new_correlation_id()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[CORRELATION_HEADER] = cid
+            await send(message)
+
+        token = bind_correlation_id(cid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            reset_correlation_id(token)
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class AccessMiddleware:
+    """Access log and metrics. The log line has the path but never the query string:
+    query strings carry search terms, which are names."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Shared with request.state, so `current_caller` can leave the caller for us.
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            elapsed = time.perf_counter() - started
+            method = method_label(scope["method"])
+            route = route_template(scope)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route, str(status)).observe(elapsed)
+            fields: dict[str, Any] = {
+                "method": method, "path": scope["path"], "route": route,
+                "status": status, "duration_ms": round(elapsed * 1000, 2),
+            }
+            caller = state.get("caller")
+            if caller is not None:
+                fields["subject"] = caller.subject
+                fields["role"] = caller.role.value
+            if scope["path"] in PROBE_PATHS:
+                access_log.debug("request", **fields)
+            else:
+                access_log.info("request", **fields)
+
+
+class UnhandledErrorMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            # The correlation id is still bound here, so the line can be found from the
+            # id the caller was given. The traceback is redacted like everything else.
+            error_log.error("unhandled_exception", method=scope["method"],
+                            path=scope["path"], exc_info=exc)
+            if response_started:
+                raise  # too late for a problem document; let the server drop the connection
+            await internal_error_response()(scope, receive, send)
+
+
+class RequestBodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` when the streamed body passes the limit. An HTTPException so
+    that FastAPI's body parsing re-raises it as-is (it turns anything else into a 400)
+    and the problem handlers answer 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "The request body is larger than this service accepts.")
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    def _too_large(self) -> Any:
+        return problem_response(
+            413,
+            f"The request body is larger than this service accepts "
+            f"({self.max_body_bytes} bytes).",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            # Refused before reading a byte, and before the app does any work.
+            await self._too_large()(scope, receive, send)
+            return
+
+        # Chunked bodies (no Content-Length), or a Content-Length that lies.
+        limit = self.max_body_bytes
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestBodyTooLarge()
+            return message
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_and_note)
+        except RequestBodyTooLarge:
+            # Only when the app read the body outside FastAPI's exception handling.
+            if response_started:
+                raise
+            await self._too_large()(scope, receive, send)

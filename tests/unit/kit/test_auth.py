@@ -1,0 +1,287 @@
+"""Tokens, roles and scopes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import APIRouter, Depends
+
+from turnout_kit.app import create_app
+from turnout_kit.auth import (
+    Caller,
+    CurrentCaller,
+    InvalidToken,
+    Role,
+    TokenVerifier,
+    issue_token,
+    require_roles,
+)
+from turnout_kit.settings import ServiceSettings
+
+from .conftest import TEST_SECRET
+
+pytestmark = pytest.mark.unit
+
+ISS, AUD = "turnout-local", "turnout"
+
+
+def verifier() -> TokenVerifier:
+    return TokenVerifier(secret=TEST_SECRET, issuer=ISS, audience=AUD)
+
+
+def raw_token(claims: dict[str, Any], secret: str = TEST_SECRET) -> str:
+    now = datetime.now(UTC)
+    base = {"sub": "u1", "iss": ISS, "aud": AUD, "iat": now, "exp": now + timedelta(hours=1)}
+    return jwt.encode({**base, **claims}, secret, algorithm="HS256")
+
+
+# -- Caller ----------------------------------------------------------------------------
+
+REP = Caller("rep-1", Role.rep, branch_codes=frozenset({"B1", "B2"}))
+ORGANISER = Caller("org-1", Role.organiser, group_codes=frozenset({"G1"}))
+
+
+@pytest.mark.parametrize(
+    ("caller", "group", "branch", "visible"),
+    [
+        (REP, "G1", "B1", True),
+        (REP, "G9", "B2", True),  # a rep's scope is branches, whatever the group
+        (REP, "G1", "B3", False),
+        (REP, "G1", None, False),
+        (ORGANISER, "G1", "B7", True),
+        (ORGANISER, "G2", "B1", False),
+        (ORGANISER, None, "B1", False),
+        (Caller("n", Role.national), "G5", "B5", True),
+        (Caller("n", Role.national), None, None, True),
+        (Caller("a", Role.admin), "G5", "B5", True),
+        (Caller("s", Role.service), "G5", "B5", True),
+    ],
+)
+def test_can_see(caller: Caller, group: str | None, branch: str | None, visible: bool) -> None:
+    assert caller.can_see(group, branch) is visible
+
+
+def test_unscoped_roles() -> None:
+    assert not REP.unscoped and not ORGANISER.unscoped
+    assert all(Caller("x", r).unscoped for r in (Role.national, Role.service, Role.admin))
+
+
+# -- issuing and verifying -------------------------------------------------------------
+
+def test_issued_token_round_trips() -> None:
+    token = issue_token(TEST_SECRET, "rep", "rep-7", branches=["B2", "B1", "B1"])
+    caller = verifier().verify(token)
+    assert caller == Caller("rep-7", Role.rep, frozenset({"B1", "B2"}), frozenset())
+    claims = jwt.decode(token, TEST_SECRET, algorithms=["HS256"], audience=AUD)
+    assert claims["branch_codes"] == ["B1", "B2"]
+    assert claims["exp"] - claims["iat"] == 12 * 3600
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+
+
+def test_issue_refuses_unscoped_reps_and_organisers() -> None:
+    with pytest.raises(ValueError, match="branch"):
+        issue_token(TEST_SECRET, Role.rep, "r")
+    with pytest.raises(ValueError, match="group"):
+        issue_token(TEST_SECRET, Role.organiser, "o", branches=["B1"])
+    with pytest.raises(ValueError):
+        issue_token(TEST_SECRET, "superuser", "x")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(issue_token(TEST_SECRET, "national", "n", ttl=timedelta(seconds=-120)),
+                     id="expired"),
+        pytest.param(issue_token("another-secret-of-at-least-32-chars!!", "national", "n"),
+                     id="wrong-secret"),
+        pytest.param(issue_token(TEST_SECRET, "national", "n", audience="someone-else"),
+                     id="wrong-audience"),
+        pytest.param(issue_token(TEST_SECRET, "national", "n", issuer="evil"),
+                     id="wrong-issuer"),
+        pytest.param(raw_token({"role": "rep", "branch_codes": []}), id="rep-without-branch"),
+        pytest.param(raw_token({"role": "organiser"}), id="organiser-without-group"),
+        pytest.param(raw_token({"role": "root"}), id="unknown-role"),
+        pytest.param(raw_token({}), id="no-role"),
+        pytest.param(raw_token({"role": "rep", "branch_codes": "B1"}), id="codes-not-a-list"),
+        pytest.param(raw_token({"role": "national", "exp": None}), id="no-expiry"),
+        pytest.param(jwt.encode({"sub": "n", "role": "national", "iss": ISS, "aud": AUD,
+                                 "exp": 9999999999, "iat": 0}, None, algorithm="none"),
+                     id="alg-none"),
+        pytest.param("not-a-jwt", id="garbage"),
+    ],
+)
+def test_unacceptable_tokens(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        verifier().verify(token)
+
+
+def test_small_clock_skew_is_tolerated() -> None:
+    token = issue_token(TEST_SECRET, "national", "n", ttl=timedelta(seconds=-5))
+    assert verifier().verify(token).role is Role.national
+
+
+# -- JWKS (OIDC) -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def jwks_url(rsa_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """A tiny JWKS endpoint on 127.0.0.1, like an identity provider's."""
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    body = json.dumps({"keys": [{**jwk, "kid": "key-1", "alg": "RS256", "use": "sig"}]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def idp_token(key: Any, kid: str = "key-1", alg: str = "RS256", **claims: Any) -> str:
+    now = datetime.now(UTC)
+    payload = {"sub": "org-9", "role": "organiser", "group_codes": ["G3"], "iss": ISS,
+               "aud": AUD, "iat": now, "exp": now + timedelta(minutes=5), **claims}
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+
+
+async def test_jwks_tokens_are_verified_against_the_providers_keys(
+    jwks_url: str, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    v = TokenVerifier.from_settings(ServiceSettings(jwks_url=jwks_url))
+    assert v.uses_jwks
+    caller = await v.verify_async(idp_token(rsa_key))
+    assert caller == Caller("org-9", Role.organiser, frozenset(), frozenset({"G3"}))
+
+
+async def test_jwks_mode_refuses_shared_secret_and_foreign_keys(jwks_url: str) -> None:
+    from turnout_kit.settings import DEVELOPMENT_JWT_SECRET
+
+    v = TokenVerifier(secret=DEVELOPMENT_JWT_SECRET, jwks_url=jwks_url)
+    with pytest.raises(InvalidToken):
+        await v.verify_async(issue_token(DEVELOPMENT_JWT_SECRET, "admin", "a"))
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(InvalidToken):
+        await v.verify_async(idp_token(stranger))  # right kid, wrong key
+    with pytest.raises(InvalidToken):
+        await v.verify_async(idp_token(stranger, kid="key-2"))  # unknown kid
+
+
+def test_es256_with_an_injected_key_source() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    class Keys:
+        def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+            return jwt.PyJWK({**jwk, "kid": "ec-1"}, algorithm="ES256")
+
+    v = TokenVerifier(jwks_client=Keys())
+    caller = v.verify(idp_token(key, kid="ec-1", alg="ES256", role="national"))
+    assert caller.role is Role.national
+
+
+# -- FastAPI dependencies ----------------------------------------------------------------
+
+@pytest.fixture
+def client() -> httpx.AsyncClient:
+    router = APIRouter()
+
+    @router.get("/me")
+    async def me(caller: CurrentCaller) -> dict[str, Any]:
+        return {"subject": caller.subject, "role": caller.role,
+                "branches": sorted(caller.branch_codes)}
+
+    @router.get("/audit")
+    async def audit(
+        caller: Caller = Depends(require_roles(Role.national, Role.admin)),  # noqa: B008
+    ) -> dict[str, str]:
+        return {"subject": caller.subject}
+
+    app = create_app(ServiceSettings(jwt_secret=TEST_SECRET), title="t", version="0",
+                     routers=[router])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_valid_token_gives_the_caller(client: httpx.AsyncClient) -> None:
+    r = await client.get("/me", headers=bearer(issue_token(TEST_SECRET, "rep", "r1",
+                                                           branches=["B1"])))
+    assert r.status_code == 200
+    assert r.json() == {"subject": "r1", "role": "rep", "branches": ["B1"]}
+
+
+async def test_missing_token_is_401_with_challenge(client: httpx.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}):
+        r = await client.get("/me", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["status"] == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(issue_token(TEST_SECRET, "national", "n", ttl=timedelta(hours=-1)),
+                     id="expired"),
+        pytest.param(issue_token("x" * 40, "national", "n"), id="wrong-secret"),
+        pytest.param(issue_token(TEST_SECRET, "national", "n", audience="other"),
+                     id="wrong-audience"),
+        pytest.param(raw_token({"role": "rep"}), id="rep-without-branch"),
+    ],
+)
+async def test_bad_token_is_401_without_saying_why(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    r = await client.get("/me", headers=bearer(token))
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    body = r.json()
+    assert body["detail"] == "invalid or expired token"
+    assert body["title"] == "Unauthorized"
+
+
+async def test_role_check_is_403(client: httpx.AsyncClient) -> None:
+    rep = issue_token(TEST_SECRET, "rep", "r1", branches=["B1"])
+    r = await client.get("/audit", headers=bearer(rep))
+    assert r.status_code == 403
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "national" in r.json()["detail"]
+    ok = await client.get("/audit", headers=bearer(issue_token(TEST_SECRET, "admin", "a1")))
+    assert ok.status_code == 200 and ok.json() == {"subject": "a1"}
+    unauth = await client.get("/audit")
+    assert unauth.status_code == 401
+
+
+def test_require_roles_needs_roles() -> None:
+    with pytest.raises(ValueError):
+        require_roles()
+    with pytest.raises(ValueError):
+        require_roles("superuser")
