@@ -87,6 +87,7 @@ def subscribe_events(
 
     async def on_message(msg: KafkaMessage) -> None:
         record = msg.raw_message
+        assert not isinstance(record, tuple), "subscribe_events registers one-by-one subscribers"
         try:
             envelope = decode(record.value)
             payload = parse_payload(envelope)
