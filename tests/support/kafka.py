@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 async def read_until(bootstrap_servers: str, topics: list[str], *, count: int,
@@ -39,3 +39,33 @@ async def _behind(consumer: AIOKafkaConsumer, end: dict) -> bool:
         if await consumer.position(tp) < offset:
             return True
     return False
+
+
+async def read_to_end(bootstrap_servers: str, topics: list[str], *,
+                      timeout: float = 30.0) -> list[ConsumerRecord]:
+    """Everything on `topics` right now: reads every partition up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics
+                      for p in (consumer.partitions_for_topic(t)
+                                or await _partitions(consumer, t))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while await _behind(consumer, end):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topics} to the end within {timeout}s")
+            for part in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(part)
+        return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public way to wait
+    return consumer.partitions_for_topic(topic) or set()

@@ -92,6 +92,18 @@ def token(
         raise typer.Exit(2) from None
 
 
+def _add_service_commands() -> None:
+    # Each service brings its own operator commands (`turnout contacts import FILE`).
+    try:
+        from turnout_contacts.cli import app as contacts_app
+    except ImportError:  # pragma: no cover - a slimmed install without the service
+        return
+    app.add_typer(contacts_app, name="contacts")
+
+
+_add_service_commands()
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())

@@ -17,6 +17,8 @@ gets 404, not 403 (see `Caller.can_see`), so member ids cannot be probed. Role c
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +60,9 @@ class Role(StrEnum):
 UNSCOPED_ROLES = frozenset({Role.national, Role.service, Role.admin})
 
 
+_SAFE_SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,80}")
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     subject: str
@@ -80,6 +85,15 @@ class Caller:
 
     def has_role(self, *roles: Role | str) -> bool:
         return self.role in roles
+
+    @property
+    def actor(self) -> str:
+        """Who did it, as written into events: `<role>:<subject>`. An OIDC subject may be
+        an email address; events must not carry one, so such subjects are hashed."""
+        subject = self.subject
+        if not _SAFE_SUBJECT.fullmatch(subject):
+            subject = "h-" + hashlib.sha256(subject.encode()).hexdigest()[:24]
+        return f"{self.role.value}:{subject}"
 
 
 class InvalidToken(Exception):

@@ -1,4 +1,4 @@
-"""Shared fixtures: one Kafka broker and one PostgreSQL server for the whole run
+"""Shared fixtures (loaded by the root conftest.py): one Kafka broker and one PostgreSQL server for the whole run
 (see tests/support/infra.py for where they come from), and per-test isolation."""
 
 from __future__ import annotations
@@ -39,3 +39,11 @@ async def database_url(infra: Infra) -> AsyncIterator[str]:
     url = await create_database(infra.database_url)
     yield url
     await drop_database(infra.database_url, url)
+
+
+@pytest.fixture(scope="session")
+def tokens():
+    """Bearer tokens signed the way the services (in tests) verify them."""
+    from tests.support.services import TokenMaker
+
+    return TokenMaker()

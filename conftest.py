@@ -1,0 +1,3 @@
+"""Fixtures shared by every test directory (tests/, libs/, services/*/tests)."""
+
+pytest_plugins = ["tests.support.fixtures"]

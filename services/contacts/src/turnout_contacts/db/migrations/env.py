@@ -1,0 +1,9 @@
+"""Alembic environment of the contacts service: its own tables plus the shared outbox,
+inbox and idempotency tables, in the service's own database."""
+
+from turnout_contacts.db.tables import metadata
+
+from turnout_events.tables import metadata as messaging_metadata
+from turnout_kit import alembic_env
+
+alembic_env.run([metadata, messaging_metadata])

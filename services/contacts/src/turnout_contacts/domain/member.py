@@ -1,0 +1,105 @@
+"""A member as the contacts service holds it, and the values it validates on the way in."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from turnout_events.common import ContactFlags, Placement
+
+
+class InvalidValue(ValueError):
+    """A value a person typed or imported that we cannot accept. The message says what is
+    expected and never repeats the value."""
+
+
+def normalise_mobile(raw: str, default_region: str = "GB") -> str:
+    """Any common way of writing a mobile number -> E.164 (`+447700900123`).
+    UK numbers without a country code are accepted."""
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException:
+        raise InvalidValue("not a phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidValue("not a valid phone number for its country")
+    kind = phonenumbers.number_type(number)
+    if kind not in (phonenumbers.PhoneNumberType.MOBILE,
+                    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        raise InvalidValue("not a mobile number (SMS reminders need a mobile)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(raw: str) -> str:
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError:
+        raise InvalidValue("not a valid email address") from None
+
+
+def parse_consent(raw: str | bool | None) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = (raw or "").strip().lower()
+    if value in ("yes", "y", "true", "1"):
+        return True
+    if value in ("no", "n", "false", "0", ""):
+        return False
+    raise InvalidValue("consent must be yes/no, true/false or 1/0")
+
+
+def placement_of(group_code: Any, branch_code: Any, workplace_code: Any = None,
+                 grade: Any = None) -> Placement:
+    """Validated with the event contract's own rules, so anything accepted here can be
+    published."""
+    from pydantic import ValidationError
+
+    try:
+        return Placement(group_code=group_code, branch_code=branch_code,
+                         workplace_code=workplace_code or None, grade=grade or None)
+    except ValidationError as exc:
+        fields = sorted({str(e["loc"][0]) for e in exc.errors()})
+        raise InvalidValue("invalid code in " + ", ".join(fields)) from None
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: uuid.UUID
+    membership_number: str
+    placement: Placement
+    has_mobile: bool
+    has_email: bool
+    sms_consent: bool
+    email_consent: bool
+    version: int
+    mobile_masked: str | None = None
+    email_masked: str | None = None
+    erased: bool = False
+
+    @property
+    def contact(self) -> ContactFlags:
+        return ContactFlags(has_mobile=self.has_mobile, has_email=self.has_email,
+                            sms_consent=self.sms_consent, email_consent=self.email_consent)
+
+    @property
+    def contactable(self) -> bool:
+        return self.has_mobile or self.has_email
+
+    def bumped(self, **changes: Any) -> Member:
+        return replace(self, version=self.version + 1, **changes)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Member:
+        m = row._mapping
+        return cls(
+            member_id=m["member_id"], membership_number=m["membership_number"],
+            placement=Placement(group_code=m["group_code"], branch_code=m["branch_code"],
+                                workplace_code=m["workplace_code"], grade=m["grade"]),
+            has_mobile=m["mobile"] is not None, has_email=m["email"] is not None,
+            sms_consent=m["sms_consent"], email_consent=m["email_consent"],
+            version=m["version"], mobile_masked=m["mobile_masked"],
+            email_masked=m["email_masked"], erased=m["erased_at"] is not None,
+        )
