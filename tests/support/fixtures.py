@@ -1,5 +1,6 @@
-"""Shared fixtures (loaded by the root conftest.py): one Kafka broker and one PostgreSQL server for the whole run
-(see tests/support/infra.py for where they come from), and per-test isolation."""
+"""Shared fixtures, loaded by the root conftest.py: one Kafka broker and one PostgreSQL
+server for the whole run (see tests/support/infra.py for where they come from), and
+per-test isolation."""
 
 from __future__ import annotations
 

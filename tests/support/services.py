@@ -25,7 +25,8 @@ class TokenMaker:
 
 
 @asynccontextmanager
-async def running(app: FastAPI, base_url: str = "http://service") -> AsyncIterator[httpx.AsyncClient]:
+async def running(app: FastAPI,
+                  base_url: str = "http://service") -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
