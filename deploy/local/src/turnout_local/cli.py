@@ -26,9 +26,13 @@ console = Console(stderr=True)
 
 
 @app.command()
-def up() -> None:
+def up(
+    services_too: Annotated[bool, typer.Option(
+        "--services/--no-services", help="also start the services")] = True,
+) -> None:
     """Start the local runtime (embedded unless DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS are
-    set) and create the topics. Safe to run again: what already runs is left alone."""
+    set), create the topics and start the services. Safe to run again: what already runs
+    is left alone."""
     started = time.monotonic()
     with console.status("Starting PostgreSQL and Kafka..."):
         try:
@@ -36,11 +40,21 @@ def up() -> None:
         except Exception as exc:  # say what failed, not a traceback, to someone at a terminal
             console.print(f"[red]Could not start the runtime:[/red] {exc}")
             raise typer.Exit(1) from None
+    running = []
+    if services_too:
+        with console.status("Starting the services (migrations, consumers)..."):
+            try:
+                running = runtime.start_services(endpoints)
+            except Exception as exc:
+                console.print(f"[red]A service did not start:[/red] {exc}")
+                raise typer.Exit(1) from None
     table = Table(title=f"Turnout is up ({time.monotonic() - started:.1f}s)", show_header=False)
     table.add_row("PostgreSQL", endpoints.database_url,
                   "embedded" if endpoints.embedded_postgres else "external")
     table.add_row("Kafka", endpoints.kafka_bootstrap_servers,
                   "embedded (KRaft)" if endpoints.embedded_kafka else "external")
+    for spec in running:
+        table.add_row(f"{spec.name} service", spec.url, f"API docs: {spec.url}/docs")
     console.print(table)
     console.print("Stop everything with [bold]make down[/bold] (or `uv run turnout down`).")
 

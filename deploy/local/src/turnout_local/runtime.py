@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from turnout_events.topics import TopicRegistry
 
+from . import services
 from .kafka import LocalKafka, broker_answers
 from .postgres import LocalPostgres
 from .topics import ensure_topics
@@ -45,8 +46,22 @@ def start(*, create_topics: bool = True) -> Endpoints:
     return Endpoints(database_url, kafka, external_database_url() is None, external_kafka() is None)
 
 
+def start_services(endpoints: Endpoints) -> list[services.ServiceSpec]:
+    """Start every installed service against the runtime and wait until each is ready."""
+    env = {"DATABASE_URL": endpoints.database_url,
+           "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers}
+    started = services.installed_services()
+    for spec in started:
+        services.start(spec, env)
+    for spec in started:
+        services.wait_ready(spec)
+    return started
+
+
 def stop() -> None:
-    """Stop what this runtime embeds; external servers are not ours to stop."""
+    """Stop the services, then what this runtime embeds; external servers are not ours."""
+    for spec in reversed(services.SERVICES):
+        services.stop(spec)
     if external_kafka() is None:
         LocalKafka().stop()
     if external_database_url() is None:
@@ -68,6 +83,8 @@ def status() -> dict[str, dict[str, object]]:
         k = LocalKafka().status()
         out["kafka"] = {"mode": "embedded", "running": k.running,
                         "bootstrap_servers": k.bootstrap_servers, "log": str(k.log_dir)}
+    for spec in services.installed_services():
+        out[spec.name] = services.status(spec)
     return out
 
 

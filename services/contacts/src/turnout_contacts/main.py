@@ -69,3 +69,7 @@ def __getattr__(name: str):
     if name == "app":
         return create_contacts_app()
     raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    run()
