@@ -169,3 +169,16 @@ async def test_pages_follow_the_cursor(contacts_app, tokens):
         if cursor is None:
             break
     assert sorted(seen) == sorted(ids) and len(seen) == 5
+
+
+async def test_the_request_correlation_id_travels_in_the_event(contacts_app, tokens, topics,
+                                                               kafka_bootstrap):
+    member_id = await seed_member(ctx_of(contacts_app))
+    response = await contacts_app.patch(
+        f"/v1/members/{member_id}/placement", json={"grade": "g7"},
+        headers={**tokens("national"), "X-Correlation-ID": "corr-12345-abc"})
+    assert response.status_code == 200
+    assert response.headers["X-Correlation-ID"] == "corr-12345-abc"
+    [record] = await published(contacts_app, kafka_bootstrap, topics)
+    assert decode(record.value).correlation_id == "corr-12345-abc"
+    assert dict(record.headers)["correlation-id"] == b"corr-12345-abc"
