@@ -48,3 +48,49 @@ def tokens():
     from tests.support.services import TokenMaker
 
     return TokenMaker()
+
+
+# -- No personal data in logs ---------------------------------------------------------
+# Every log record of the run (structlog and stdlib alike, services in-process included)
+# is written as JSON to .local/test-logs/ and inspected *before* redaction: a phone number
+# or email reaching a log call fails the run even though production would redact it.
+
+_PII_HITS: list[str] = []
+
+
+def _pii_inspector(_logger, _method, event_dict):
+    from turnout_kit.redaction import redact_text
+
+    for key, value in event_dict.items():
+        text = value if isinstance(value, str) else repr(value)
+        if redact_text(text) != text:
+            _PII_HITS.append(f"{event_dict.get('logger', '?')}: {event_dict.get('event')!r} "
+                             f"has personal data in {key!r}")
+    return event_dict
+
+
+def _install_log_guard(stream, *, inspect: bool = True) -> None:
+    from turnout_kit.logging import configure_logging
+
+    configure_logging("tests", "INFO", json=True, stream=stream,
+                      inspect=[_pii_inspector] if inspect else [])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_file():
+    from turnout_local.paths import local_dir
+
+    folder = local_dir() / "test-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "pytest.jsonl", "w") as stream:
+        _install_log_guard(stream)
+        yield stream
+    assert not _PII_HITS, "personal data reached the logs:\n" + "\n".join(_PII_HITS[:20])
+
+
+@pytest.fixture(autouse=True)
+def _log_guard(request, _log_file):
+    # Some unit tests configure logging their own way (to test redaction); put the guard
+    # back for the tests after them.
+    _install_log_guard(_log_file, inspect="no_log_guard" not in request.keywords)
+    yield
