@@ -6,8 +6,10 @@
 
 gives `/healthz`, `/readyz`, `/metrics`, OpenAPI at `/docs`, problem-details errors,
 correlation ids, an access log without query strings, a body size limit, bearer-token
-auth configured from the settings (`app.state.token_verifier`), and a lifespan that
-starts and stops the FastStream broker.
+auth configured from the settings (`app.state.token_verifier`), `Idempotency-Key` on
+mutating requests (once a startup hook has set `app.state.engine`; the service's
+migrations must include `turnout_kit.idempotency.metadata`), and a lifespan that starts
+and stops the FastStream broker.
 
 The broker is a plain `faststream.kafka.KafkaBroker` started in the lifespan, not
 FastStream's FastAPI integration (deprecated since 0.7.3).
@@ -27,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .auth import TokenVerifier
+from .idempotency import IdempotencyMiddleware, PathPattern
 from .middleware import (
     AccessMiddleware,
     BodySizeLimitMiddleware,
@@ -57,6 +60,8 @@ def create_app(
     on_shutdown: Sequence[Hook] = (),
     readiness_checks: Sequence[ReadinessCheck] = (),
     token_verifier: TokenVerifier | None = None,
+    idempotency: bool = True,
+    idempotency_exclude: Sequence[PathPattern] = (),
     **fastapi_options: Any,
 ) -> FastAPI:
     """Build a service's app.
@@ -65,6 +70,9 @@ def create_app(
     in order before the broker starts (a consumer may need the database); shutdown
     hooks run in order after it stops. `app.state.readiness_checks` is a list that
     startup hooks may append to, e.g. `database_check(engine)` once the engine exists.
+
+    `idempotency_exclude` lists paths whose responses must never be stored (they hold
+    contact values in clear): prefixes, or regexes when they start with `^`.
     """
 
     @asynccontextmanager
@@ -107,6 +115,16 @@ def create_app(
 
     install_problem_handlers(app)
     # add_middleware puts each new one outermost, so this is innermost-first.
+    # Idempotency reads the whole body before the app runs, so it sits inside the size
+    # limit; and inside the error, log and correlation layers, so its answers (replays,
+    # 409s, 422s) are logged, counted and carry the correlation id like any other.
+    if idempotency:
+        app.add_middleware(
+            IdempotencyMiddleware,
+            engine_getter=lambda: getattr(app.state, "engine", None),
+            verifier_getter=lambda: app.state.token_verifier,
+            exclude_paths=idempotency_exclude,
+        )
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(AccessMiddleware)

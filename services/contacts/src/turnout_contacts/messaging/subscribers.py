@@ -1,13 +1,41 @@
 """What the contacts service consumes: ballots events (vote status for the chase list)
-and notifications events (opt-outs withdraw SMS consent)."""
+and notifications events (opt-outs withdraw consent).
+
+One consumer group reads both topics. They are co-partitioned by member id, so one
+instance sees all of a member's events, each topic in order; the handlers do not rely on
+order between the two topics (see service/vote_status.py). Decoding, dead-lettering,
+retries and skipping unknown types are `subscribe_events`'s; a new group starts from
+the earliest offset, so a fresh database is rebuilt from the whole history.
+"""
 
 from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
+from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
+from turnout_events.consumer import subscribe_events
+from turnout_events.envelope import Envelope, EventData
+from turnout_events.notifications import OptOutReceived
+
 from ..context import ContactsContext
+from ..service.opt_out import apply_opt_out
+from ..service.vote_status import apply_ballot_event
+
+
+def consumer_group(ctx: ContactsContext) -> str:
+    # Namespaced like the topics, so deployments (or test runs) sharing a cluster do not
+    # share offsets: `turnout.contacts` in production.
+    return f"{ctx.topics.namespace}.contacts"
 
 
 def register_subscribers(broker: KafkaBroker, ctx: ContactsContext) -> None:
-    # Filled in with the chase list and opt-out handling.
-    return None
+    async def on_event(envelope: Envelope, event: EventData) -> None:
+        if isinstance(event, MemberEnrolled | Voted | VoteRetracted):
+            await apply_ballot_event(ctx, envelope, event)
+        elif isinstance(event, OptOutReceived):
+            await apply_opt_out(ctx, envelope, event)
+        # Every other known event (ballot-opened, reminder-sent, ...) is not ours to act on.
+
+    subscribe_events(broker, [ctx.topics.events("ballots"), ctx.topics.events("notifications")],
+                     group_id=consumer_group(ctx), handler=on_event,
+                     dead_letter_topic=ctx.topics.dead_letter)

@@ -39,6 +39,7 @@ from turnout_events.contacts import (
     ContactUpdated,
 )
 from turnout_kit.auth import Caller
+from turnout_kit.idempotency import forget
 from turnout_kit.problems import Problem
 
 from ..context import ContactsContext
@@ -101,6 +102,9 @@ async def erase_personal_data(ctx: ContactsContext, caller: Caller,
                                             channel=channel, granted=False,
                                             via=ConsentSource.ERASURE, contact=after.contact))
 
+        # Stored idempotent responses (a PATCH answer shows the member's name) are personal
+        # data too, kept up to a day outside this table's reach: they go with the rest.
+        await forget(session, path_containing=str(member_id))  # type: ignore[arg-type]
         already = row.erased_at is not None and not removed and not changed and not notes
         if not already:
             await session.execute(

@@ -5,5 +5,6 @@ from turnout_contacts.db.tables import metadata
 
 from turnout_events.tables import metadata as messaging_metadata
 from turnout_kit import alembic_env
+from turnout_kit.idempotency import metadata as idempotency_metadata
 
-alembic_env.run([metadata, messaging_metadata])
+alembic_env.run([metadata, messaging_metadata, idempotency_metadata])

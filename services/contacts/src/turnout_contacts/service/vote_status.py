@@ -1,0 +1,78 @@
+"""Each member's vote status per ballot, kept from the ballots service's events for the
+chase list: enrolled (on the roll), voted (a mark the ballots service holds).
+
+Events reach us at least once and, across a retraction and a later mark, not
+necessarily in order (a replay, a relay that was down while another was not). So:
+
+- every event is applied once, through the inbox, in the same transaction as its effect;
+- enrolment only ever sets `enrolled`, and a vote only `voted`: whichever arrives first
+  creates the row, the other fills in its half;
+- voted and retracted events carry an order key (`voted_changed_at`) and an event older
+  than the one already applied changes nothing. The key is the time the ballots service
+  recorded the change (the envelope's `occurred_at`), or a vote's own `voted_at` when
+  that is later. Not `voted_at` alone: a scrutineer's list can report, after a
+  retraction, a vote cast before it, and that vote must stand.
+- on a tie the retraction wins, whatever the order of arrival, so every replica
+  converges; and when in doubt a rep keeps chasing rather than skipping a member.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
+from turnout_events.envelope import Envelope
+from turnout_events.inbox import claim
+
+from ..context import ContactsContext
+from ..db.tables import vote_status
+
+CONSUMER = "contacts.vote-status"
+
+BallotMemberEvent: TypeAlias = MemberEnrolled | Voted | VoteRetracted
+
+
+async def apply_ballot_event(ctx: ContactsContext, envelope: Envelope,
+                             event: BallotMemberEvent) -> bool:
+    """Apply one ballots event to the vote status; False when it was already applied."""
+    async with ctx.uow(causation_id=envelope.id) as uow:
+        if not await claim(uow.session, CONSUMER, envelope.id):
+            return False
+        if isinstance(event, MemberEnrolled):
+            await uow.session.execute(_enrol(event.ballot_id, event.member_id))
+        elif isinstance(event, Voted):
+            await uow.session.execute(_set_voted(event.ballot_id, event.member_id, True,
+                                                 max(envelope.occurred_at, event.voted_at)))
+        else:
+            await uow.session.execute(_set_voted(event.ballot_id, event.member_id, False,
+                                                 envelope.occurred_at))
+        await uow.commit()
+    return True
+
+
+def _enrol(ballot_id: uuid.UUID, member_id: uuid.UUID) -> sa.Executable:
+    stmt = insert(vote_status).values(ballot_id=ballot_id, member_id=member_id, enrolled=True)
+    return stmt.on_conflict_do_update(
+        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
+        set_={"enrolled": True, "updated_at": sa.func.now()},
+        where=vote_status.c.enrolled.is_(False))
+
+
+def _set_voted(ballot_id: uuid.UUID, member_id: uuid.UUID, voted: bool,
+               changed_at: datetime) -> sa.Executable:
+    stmt = insert(vote_status).values(ballot_id=ballot_id, member_id=member_id,
+                                      enrolled=False, voted=voted, voted_changed_at=changed_at)
+    current = vote_status.c.voted_changed_at
+    newer = sa.or_(current.is_(None), current < stmt.excluded.voted_changed_at)
+    if not voted:  # a retraction wins a tie (see the module docstring)
+        newer = sa.or_(newer, current == stmt.excluded.voted_changed_at)
+    return stmt.on_conflict_do_update(
+        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
+        set_={"voted": stmt.excluded.voted, "voted_changed_at": stmt.excluded.voted_changed_at,
+              "updated_at": sa.func.now()},
+        where=newer)
