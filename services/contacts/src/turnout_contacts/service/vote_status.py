@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
 from turnout_events.envelope import Envelope
-from turnout_events.inbox import claim
+from turnout_events.inbox import claim, claim_many
 
 from ..context import ContactsContext
 from ..db.tables import vote_status
@@ -53,6 +53,62 @@ async def apply_ballot_event(ctx: ContactsContext, envelope: Envelope,
                                                  envelope.occurred_at))
         await uow.commit()
     return True
+
+
+async def apply_ballot_events(ctx: ContactsContext,
+                              items: list[tuple[Envelope, BallotMemberEvent]]) -> int:
+    """Apply a batch of ballots events in one transaction; returns how many were new.
+
+    Within the batch, each member's enrolments collapse to one row and their vote marks
+    to the one that wins by the rule above, so each statement touches a row once; the
+    upserts still compare with what is stored, so the result is the same as applying the
+    events one by one, in any order.
+    """
+    async with ctx.uow() as uow:
+        new = await claim_many(uow.session, CONSUMER, [e.id for e, _ in items])
+        enrol: dict[tuple[uuid.UUID, uuid.UUID], dict] = {}
+        marks: dict[tuple[uuid.UUID, uuid.UUID], dict] = {}
+        for envelope, event in items:
+            if envelope.id not in new:
+                continue
+            key = (event.ballot_id, event.member_id)
+            if isinstance(event, MemberEnrolled):
+                enrol[key] = {"ballot_id": key[0], "member_id": key[1], "enrolled": True}
+                continue
+            voted = isinstance(event, Voted)
+            at = max(envelope.occurred_at, event.voted_at) if voted else envelope.occurred_at
+            held = marks.get(key)
+            if held is None or (at, not voted) > (held["voted_changed_at"], not held["voted"]):
+                marks[key] = {"ballot_id": key[0], "member_id": key[1], "enrolled": False,
+                              "voted": voted, "voted_changed_at": at}
+        if enrol:
+            await uow.session.execute(_enrol_many(list(enrol.values())))
+        if marks:
+            await uow.session.execute(_set_voted_many(list(marks.values())))
+        await uow.commit()
+    return len(new)
+
+
+def _enrol_many(rows: list[dict]) -> sa.Executable:
+    stmt = insert(vote_status).values(rows)
+    return stmt.on_conflict_do_update(
+        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
+        set_={"enrolled": True, "updated_at": sa.func.now()},
+        where=vote_status.c.enrolled.is_(False))
+
+
+def _set_voted_many(rows: list[dict]) -> sa.Executable:
+    stmt = insert(vote_status).values(rows)
+    current = vote_status.c.voted_changed_at
+    incoming = stmt.excluded.voted_changed_at
+    # Newer wins; on a tie a retraction (voted false) wins.
+    newer = sa.or_(current.is_(None), current < incoming,
+                   sa.and_(current == incoming, stmt.excluded.voted.is_(False)))
+    return stmt.on_conflict_do_update(
+        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
+        set_={"voted": stmt.excluded.voted, "voted_changed_at": incoming,
+              "updated_at": sa.func.now()},
+        where=newer)
 
 
 def _enrol(ballot_id: uuid.UUID, member_id: uuid.UUID) -> sa.Executable:
