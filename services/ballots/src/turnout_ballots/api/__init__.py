@@ -1,0 +1,3 @@
+from . import ballots, imports, replacements, votes
+
+routers = [ballots.router, votes.router, imports.router, replacements.router]

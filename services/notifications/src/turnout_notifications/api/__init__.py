@@ -1,0 +1,3 @@
+from . import campaigns, sandbox
+
+routers = [campaigns.router, sandbox.router]

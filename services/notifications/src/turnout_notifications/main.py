@@ -1,0 +1,87 @@
+"""The notifications service: `uvicorn turnout_notifications.main:app` or
+`turnout-notifications`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+
+from turnout_events.relay import OutboxRelay
+from turnout_kit.app import create_app, serve
+from turnout_kit.db import create_engine, ensure_database, run_migrations, session_factory
+from turnout_kit.logging import broker_logger, configure_logging
+from turnout_kit.readiness import broker_check, database_check
+
+from .api import routers
+from .context import Clock, NotificationsContext
+from .messaging.subscribers import register_subscribers
+from .providers.sandbox import SandboxProvider
+from .service.channels import ContactChannels
+from .service.dispatcher import Dispatcher
+from .settings import NotificationsSettings
+
+MIGRATIONS = Path(__file__).parent / "db" / "migrations"
+log = structlog.get_logger("turnout.notifications")
+
+
+def create_notifications_app(settings: NotificationsSettings | None = None, *,
+                             clock: Clock | None = None) -> FastAPI:
+    """`clock` replaces the system clock for every decision about time (tests)."""
+    settings = settings or NotificationsSettings()
+    ctx = NotificationsContext.from_settings(settings, clock)
+    broker = KafkaBroker(settings.kafka_bootstrap_servers, logger=broker_logger(),
+                         enable_idempotence=True, acks="all", client_id="notifications")
+    register_subscribers(broker, ctx)
+    channels = ContactChannels(settings)
+
+    async def start(app: FastAPI) -> None:
+        await ensure_database(settings.database_url)
+        await run_migrations(MIGRATIONS, settings.database_url)
+        ctx.engine = create_engine(settings.database_url, application_name="notifications")
+        ctx.sessions = session_factory(ctx.engine)
+        app.state.engine = ctx.engine
+        app.state.readiness_checks.append(database_check(ctx.engine))
+        app.state.readiness_checks.append(broker_check(broker))
+        ctx.relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
+                                service="notifications")
+        ctx.relay.start()
+        ctx.dispatcher = Dispatcher(ctx, SandboxProvider(ctx.sessions, ctx.clock), channels)
+        if settings.dispatcher_enabled:
+            ctx.dispatcher.start()
+
+    async def stop(app: FastAPI) -> None:
+        if ctx.dispatcher is not None:
+            await ctx.dispatcher.stop()
+        await channels.aclose()
+        if ctx.relay is not None:
+            await ctx.relay.stop()
+        if ctx.engine is not None:
+            await ctx.engine.dispose()
+
+    app = create_app(settings, title="Turnout notifications", version="1.0.0",
+                     routers=routers, broker=broker, on_startup=[start], on_shutdown=[stop],
+                     # The sandbox's page holds message texts: never stored for replay.
+                     idempotency_exclude=["/v1/sandbox/"])
+    app.state.ctx = ctx
+    return app
+
+
+def run() -> None:
+    settings = NotificationsSettings()
+    configure_logging("notifications", settings.log_level, settings.log_json)
+    serve(create_notifications_app(settings), settings)
+
+
+def __getattr__(name: str):
+    # `uvicorn turnout_notifications.main:app` builds the app on first access, not on
+    # import, so importing this module in tests has no side effects.
+    if name == "app":
+        return create_notifications_app()
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    run()

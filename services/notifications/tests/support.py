@@ -1,0 +1,230 @@
+"""Helpers for the notifications tests: a clock to move, a real HTTP server playing
+contacts' contact-channels endpoint, events onto the test's topics, and waiting for the
+service to have applied them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Header, HTTPException
+from turnout_notifications.service.state import CONSUMER
+
+from turnout_events.ballots import BallotOpened, MemberEnrolled, Voted
+from turnout_events.contacts import MemberRegistered
+from turnout_events.envelope import Envelope, EventData
+from turnout_events.notifications import OptOutReceived
+from turnout_events.samples import sample_envelope
+from turnout_events.serde import encode
+from turnout_events.tables import inbox
+from turnout_kit.auth import InvalidToken, Role, TokenVerifier
+from turnout_kit.settings import DEVELOPMENT_JWT_SECRET
+
+# A Friday noon in March: London is on GMT, three days before the ballot closes.
+T0 = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+CLOSES_AT = T0 + timedelta(days=3)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, now: datetime) -> None:
+        self.now = now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+# -- contacts, as a real HTTP server --------------------------------------------------------
+
+@dataclass
+class FakeContacts:
+    url: str = ""
+    # member_id -> (mobile, first_name): the members contacts would let us text.
+    textable: dict[uuid.UUID, tuple[str, str | None]] = field(default_factory=dict)
+    calls: list[list[str]] = field(default_factory=list)
+    callers: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def fake_contacts_server() -> AsyncIterator[FakeContacts]:
+    state = FakeContacts()
+    verifier = TokenVerifier(secret=DEVELOPMENT_JWT_SECRET)
+    app = FastAPI()
+
+    @app.post("/internal/v1/contact-channels")
+    async def contact_channels(body: dict, authorization: str = Header("")) -> Any:
+        try:
+            caller = verifier.verify(authorization.removeprefix("Bearer "))
+        except InvalidToken:
+            raise HTTPException(401) from None
+        if caller.role is not Role.service:
+            raise HTTPException(403)
+        asked = body["member_ids"]
+        if len(asked) > 1000:
+            raise HTTPException(422)
+        state.calls.append(asked)
+        state.callers.append(caller.actor)
+        items = []
+        for raw in asked:
+            found = state.textable.get(uuid.UUID(raw))
+            if found:
+                items.append({"member_id": raw, "mobile": found[0], "first_name": found[1]})
+        return {"items": items}
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                          access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if task.done() or time.monotonic() > deadline:
+            raise RuntimeError("the fake contacts server did not start")
+        await asyncio.sleep(0.01)
+    state.url = f"http://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        server.should_exit = True
+        await task
+
+
+# -- events ------------------------------------------------------------------------------
+
+def event(model: type[EventData], *, occurred_at: datetime | None = None,
+          **data: Any) -> Envelope:
+    envelope = sample_envelope(model, **data)
+    return envelope.model_copy(update={"occurred_at": occurred_at}) if occurred_at else envelope
+
+
+async def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> None:
+    """Publish as the other services' relays do: keyed by the event's partition key."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        for envelope in envelopes:
+            await producer.send_and_wait(topic, value=encode(envelope),
+                                         key=envelope.key.encode())
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, what: str,
+                     timeout: float = 60.0) -> Any:
+    """Poll `check` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def applied(ctx, envelopes: Iterable[Envelope]) -> None:
+    """Wait until the service's state consumer has applied every one of these events."""
+    ids = [e.id for e in envelopes]
+
+    async def all_in() -> bool:
+        async with ctx.sessions() as session:
+            n = await session.scalar(sa.select(sa.func.count()).select_from(inbox).where(
+                inbox.c.consumer == CONSUMER, inbox.c.event_id.in_(ids)))
+        return n == len(ids)
+
+    await eventually(all_in, what=f"{len(ids)} events applied")
+
+
+async def deliver(client, bootstrap: str, topics, source: str,
+                  envelopes: list[Envelope]) -> None:
+    """Produce onto a service's topic and wait until notifications has applied them."""
+    await produce(bootstrap, topics.events(source), envelopes)
+    await applied(client.app.state.ctx, envelopes)
+
+
+# -- a ballot with members, as the other services' events describe it ---------------------
+
+@dataclass
+class Member:
+    first_name: str | None = "Alex"
+    group: str = "G1"
+    branch: str = "B1"
+    workplace: str = "W1"
+    has_mobile: bool = True
+    sms_consent: bool = True
+    voted: bool = False
+    opted_out: bool = False
+    # Whether contacts would hand over the number now (default: mobile and consent).
+    textable: bool | None = None
+
+
+@dataclass
+class SeededBallot:
+    ballot_id: uuid.UUID
+    ids: dict[str, uuid.UUID]
+    mobiles: dict[str, str]
+
+    def name_of(self, member_id: uuid.UUID) -> str:
+        return next(name for name, m in self.ids.items() if m == member_id)
+
+
+async def seed_ballot(client, bootstrap: str, topics, contacts: FakeContacts,
+                      members: dict[str, Member], *, ballot_name: str = "Pay 2026 ballot",
+                      closes_at: datetime = CLOSES_AT) -> SeededBallot:
+    """Open a ballot with these members through ballots, contacts and notifications
+    events, tell the fake contacts whose numbers it would give, and wait until the
+    service has it all."""
+    ballot_id = uuid.uuid4()
+    ids = {name: uuid.uuid4() for name in members}
+    mobiles = {name: f"+4479111{i:05d}" for i, name in enumerate(members)}
+    opened = event(BallotOpened, ballot_id=ballot_id, ballot_name=ballot_name,
+                   opens_at=(closes_at - timedelta(days=21)).isoformat(),
+                   closes_at=closes_at.isoformat(), eligible_count=len(members))
+    ballot_events, contact_events, own_events = [opened], [], []
+    for name, m in members.items():
+        member_id = ids[name]
+        placement = {"group_code": m.group, "branch_code": m.branch,
+                     "workplace_code": m.workplace, "grade": None}
+        ballot_events.append(event(MemberEnrolled, ballot_id=ballot_id, member_id=member_id,
+                                   placement=placement))
+        if m.voted:
+            ballot_events.append(event(Voted, ballot_id=ballot_id, member_id=member_id,
+                                       voted_at=(T0 - timedelta(days=1)).isoformat(),
+                                       occurred_at=T0 - timedelta(days=1)))
+        contact_events.append(event(MemberRegistered, member_id=member_id, member_version=1,
+                                    placement=placement,
+                                    contact={"has_mobile": m.has_mobile, "has_email": False,
+                                             "sms_consent": m.sms_consent,
+                                             "email_consent": False}))
+        if m.opted_out:
+            own_events.append(event(OptOutReceived, member_id=member_id,
+                                    received_at=(T0 - timedelta(hours=3)).isoformat()))
+        textable = m.textable if m.textable is not None else (m.has_mobile and m.sms_consent)
+        if textable:
+            contacts.textable[member_id] = (mobiles[name], m.first_name)
+    await produce(bootstrap, topics.events("ballots"), ballot_events)
+    await produce(bootstrap, topics.events("contacts"), contact_events)
+    await produce(bootstrap, topics.events("notifications"), own_events)
+    await applied(client.app.state.ctx, [*ballot_events, *contact_events, *own_events])
+    return SeededBallot(ballot_id, ids, mobiles)

@@ -1,0 +1,3 @@
+from . import turnout
+
+routers = [turnout.router]

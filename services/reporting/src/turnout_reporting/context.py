@@ -1,0 +1,35 @@
+"""What the service's handlers share at run time: created empty with the app, filled by
+the startup hook (engines and pools exist only once the event loop runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from turnout_events.topics import TopicRegistry
+
+from .messaging.consumer import FoldConsumer
+from .settings import ReportingSettings
+
+
+@dataclass
+class ReportingContext:
+    settings: ReportingSettings
+    topics: TopicRegistry
+    # Queries (the HTTP side) go through SQLAlchemy; the fold through a plain asyncpg
+    # pool of its own (see projections/store.py).
+    engine: AsyncEngine | None = None
+    sessions: async_sessionmaker[AsyncSession] | None = None
+    pool: asyncpg.Pool | None = field(default=None, repr=False)
+    consumer: FoldConsumer | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: ReportingSettings) -> ReportingContext:
+        return cls(settings=settings, topics=settings.topic_registry())
+
+    def session(self) -> AsyncSession:
+        if self.sessions is None:
+            raise RuntimeError("the reporting service has not started")
+        return self.sessions()

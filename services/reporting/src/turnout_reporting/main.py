@@ -1,0 +1,81 @@
+"""The reporting service: `uvicorn turnout_reporting.main:app` or `turnout-reporting`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import structlog
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from turnout_kit.app import create_app, serve
+from turnout_kit.db import create_engine, ensure_database, run_migrations, session_factory
+from turnout_kit.logging import configure_logging
+from turnout_kit.readiness import database_check, kafka_check
+
+from .api import routers
+from .context import ReportingContext
+from .messaging.consumer import FoldConsumer
+from .settings import ReportingSettings
+
+MIGRATIONS = Path(__file__).parent / "db" / "migrations"
+log = structlog.get_logger("turnout.reporting")
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The plain libpq-style URL asyncpg connects with, from the SQLAlchemy one."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
+    settings = settings or ReportingSettings()
+    ctx = ReportingContext.from_settings(settings)
+
+    async def start(app: FastAPI) -> None:
+        await ensure_database(settings.database_url)
+        await run_migrations(MIGRATIONS, settings.database_url)
+        ctx.engine = create_engine(settings.database_url, application_name="reporting")
+        ctx.sessions = session_factory(ctx.engine)
+        app.state.engine = ctx.engine
+        app.state.readiness_checks.append(database_check(ctx.engine))
+        app.state.readiness_checks.append(kafka_check(settings.kafka_bootstrap_servers))
+        if settings.fold_enabled:
+            ctx.pool = await asyncpg.create_pool(
+                asyncpg_dsn(settings.database_url), min_size=1, max_size=2,
+                server_settings={"application_name": "reporting-fold"})
+            ctx.consumer = FoldConsumer(settings, ctx.topics, ctx.pool)
+            await ctx.consumer.start()
+
+    async def stop(app: FastAPI) -> None:
+        if ctx.consumer is not None:
+            await ctx.consumer.stop()
+            ctx.consumer = None
+        if ctx.pool is not None:
+            await ctx.pool.close()
+            ctx.pool = None
+        if ctx.engine is not None:
+            await ctx.engine.dispose()
+
+    app = create_app(settings, title="Turnout reporting", version="1.0.0", routers=routers,
+                     on_startup=[start], on_shutdown=[stop])
+    app.state.ctx = ctx
+    return app
+
+
+def run() -> None:
+    settings = ReportingSettings()
+    configure_logging("reporting", settings.log_level, settings.log_json)
+    serve(create_reporting_app(settings), settings)
+
+
+def __getattr__(name: str):
+    # `uvicorn turnout_reporting.main:app` builds the app on first access, not on import,
+    # so importing this module in tests has no side effects.
+    if name == "app":
+        return create_reporting_app()
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,242 @@
+"""The fold on its own, no Kafka, no PostgreSQL: whatever the order, however often an
+event comes, the numbers end up as the events say."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from turnout_reporting.projections.fold import (
+    COUNTS,
+    BallotMemberState,
+    MemberState,
+    fold,
+    hour_of,
+)
+from turnout_reporting.synthetic import generate_ballot
+
+from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
+from turnout_events.contacts import ContactUpdated, MemberMoved, MemberRegistered
+from turnout_events.envelope import Envelope
+from turnout_events.registry import parse_payload
+from turnout_events.samples import BALLOT_ID, MEMBER_ID, PLACEMENT, sample_envelope
+
+pytestmark = pytest.mark.unit
+
+BALLOT = uuid.UUID(BALLOT_ID)
+T0 = datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+
+
+class Projection:
+    """The fold's state kept across batches in memory, as the database keeps it."""
+
+    def __init__(self) -> None:
+        self.members: dict[uuid.UUID, MemberState] = {}
+        self.enrolments: dict[uuid.UUID, dict[uuid.UUID, BallotMemberState]] = {}
+        self.totals: dict[tuple, list[int]] = {}
+        self.hourly: dict[tuple, int] = {}
+
+    def apply(self, envelopes: list[Envelope]) -> None:
+        events = [(e, p) for e in envelopes if (p := parse_payload(e)) is not None]
+        result = fold(self.members, self.enrolments, events)
+        self.members.update(result.members)
+        for state in result.enrolments:
+            self.enrolments.setdefault(state.member_id, {})[state.ballot_id] = state
+        for unit, delta in result.deltas.items():
+            row = self.totals.setdefault(unit, [0] * len(COUNTS))
+            for i, d in enumerate(delta):
+                row[i] += d
+        for key, votes in result.hourly.items():
+            self.hourly[key] = self.hourly.get(key, 0) + votes
+
+    def numbers(self) -> dict[tuple, list[int]]:
+        return {k: v for k, v in self.totals.items() if any(v)}
+
+    def timeline(self) -> dict[tuple, int]:
+        return {k: v for k, v in self.hourly.items() if v}
+
+    def row(self, level: str, *codes: str) -> dict[str, int]:
+        padded = (list(codes) + ["", "", ""])[:3]
+        values = self.totals.get((BALLOT, level, *padded), [0] * len(COUNTS))
+        return dict(zip(COUNTS, values, strict=True))
+
+
+def folded(envelopes: list[Envelope], *, batch_sizes=(None,), seed=0) -> Projection:
+    projection = Projection()
+    rng = random.Random(seed)
+    i = 0
+    while i < len(envelopes):
+        size = rng.choice(batch_sizes) or len(envelopes)
+        projection.apply(envelopes[i:i + size])
+        i += size
+    return projection
+
+
+def at(envelope: Envelope, moment: datetime) -> Envelope:
+    return envelope.model_copy(update={"occurred_at": moment})
+
+
+def registered(member=MEMBER_ID, version=1, branch="B1", **contact) -> Envelope:
+    flags = {"has_mobile": True, "has_email": False, "sms_consent": True,
+             "email_consent": False, **contact}
+    return sample_envelope(MemberRegistered, member_id=member, member_version=version,
+                           placement={**PLACEMENT, "group_code": "G1", "branch_code": branch,
+                                      "workplace_code": f"W-{branch}"},
+                           contact=flags)
+
+
+def enrolled(member=MEMBER_ID, branch="B1") -> Envelope:
+    return sample_envelope(MemberEnrolled, member_id=member,
+                           placement={**PLACEMENT, "group_code": "G1", "branch_code": branch,
+                                      "workplace_code": f"W-{branch}"})
+
+
+def voted(member=MEMBER_ID, when=T0) -> Envelope:
+    return at(sample_envelope(Voted, member_id=member, voted_at=when.isoformat()), when)
+
+
+def retracted(member=MEMBER_ID, when=T0) -> Envelope:
+    return at(sample_envelope(VoteRetracted, member_id=member), when)
+
+
+def moved(member=MEMBER_ID, version=2, branch="B2", group="G1") -> Envelope:
+    return sample_envelope(MemberMoved, member_id=member, member_version=version,
+                           placement={**PLACEMENT, "group_code": group, "branch_code": branch,
+                                      "workplace_code": f"W-{branch}"})
+
+
+def contact_updated(member=MEMBER_ID, version=3, **flags) -> Envelope:
+    contact = {"has_mobile": False, "has_email": False, "sms_consent": False,
+               "email_consent": False, **flags}
+    return sample_envelope(ContactUpdated, member_id=member, member_version=version,
+                           contact=contact, changed=["mobile"], reason="rep_edit")
+
+
+# -- a generated ballot ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ballot():
+    generated = generate_ballot(members=400, seed=11)
+    generated.envelopes = [Envelope.model_validate(e) for e in generated.events]
+    return generated
+
+
+def test_a_generated_ballot_folds_to_its_ground_truth(ballot):
+    projection = folded(ballot.envelopes)
+    assert projection.numbers() == ballot.truth
+    assert projection.timeline() == ballot.hourly_truth
+    national = projection.totals[(ballot.ballot_id, "national", "", "", "")]
+    assert national[0] > 300 and 0 < national[1] < national[0]  # a ballot, not a trivial one
+    assert ballot.duplicates > 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_any_order_and_any_batching_gives_the_same_numbers(ballot, seed):
+    shuffled = list(ballot.envelopes)
+    random.Random(seed).shuffle(shuffled)
+    projection = folded(shuffled, batch_sizes=(1, 7, 50, 333), seed=seed)
+    assert projection.numbers() == ballot.truth
+    assert projection.timeline() == ballot.hourly_truth
+
+
+def test_every_event_again_changes_nothing(ballot):
+    projection = folded(ballot.envelopes)
+    again = list(ballot.envelopes)
+    random.Random(3).shuffle(again)
+    projection.apply(again)
+    assert projection.numbers() == ballot.truth
+    assert projection.timeline() == ballot.hourly_truth
+
+
+# -- the rules, one at a time ---------------------------------------------------------
+
+def test_a_duplicate_within_a_batch_counts_once():
+    vote = voted()
+    projection = folded([registered(), enrolled(), vote, vote])
+    assert projection.row("national")["voted"] == 1
+    assert projection.hourly == {((BALLOT, "national", "", "", ""), hour_of(T0)): 1,
+                                 ((BALLOT, "group", "G1", "", ""), hour_of(T0)): 1,
+                                 ((BALLOT, "branch", "G1", "B1", ""), hour_of(T0)): 1,
+                                 ((BALLOT, "workplace", "G1", "B1", "W-B1"), hour_of(T0)): 1}
+
+
+@pytest.mark.parametrize("order", ["vote first", "retraction first"])
+def test_the_later_of_vote_and_retraction_wins_whatever_the_order(order):
+    events = [voted(when=T0), retracted(when=T0 + timedelta(hours=1))]
+    if order == "retraction first":
+        events.reverse()
+    for batching in ((None,), (1,)):
+        projection = folded([registered(), enrolled(), *events], batch_sizes=batching)
+        assert projection.row("branch", "G1", "B1")["voted"] == 0
+        assert projection.timeline() == {}
+    # and a vote after the retraction stands, with its own hour
+    revote = voted(when=T0 + timedelta(hours=5))
+    projection = folded([registered(), enrolled(), revote, *events], batch_sizes=(1,))
+    assert projection.row("national")["voted"] == 1
+    assert set(h for (_, h) in projection.timeline()) == {hour_of(T0 + timedelta(hours=5))}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_on_a_tie_the_retraction_wins(reverse):
+    events = [voted(when=T0), retracted(when=T0)]
+    if reverse:
+        events.reverse()
+    assert folded([enrolled(), *events], batch_sizes=(1,)).row("national")["voted"] == 0
+
+
+def test_a_vote_before_the_enrolment_is_held_until_it_arrives():
+    projection = Projection()
+    projection.apply([voted()])
+    assert projection.numbers() == {}
+    projection.apply([enrolled()])
+    assert projection.row("national")["eligible"] == 1
+    assert projection.row("national")["voted"] == 1
+
+
+def test_a_contact_update_before_the_enrolment_counts_once_enrolled():
+    projection = Projection()
+    projection.apply([registered(has_mobile=False, sms_consent=False)])
+    projection.apply([contact_updated(has_email=True)])
+    assert projection.numbers() == {}
+    projection.apply([enrolled()])
+    row = projection.row("branch", "G1", "B1")
+    assert (row["eligible"], row["contactable"], row["hard_to_reach"]) == (1, 1, 0)
+
+
+def test_an_older_contact_event_arriving_late_changes_nothing():
+    projection = folded([enrolled(), contact_updated(version=3, has_mobile=True,
+                                                     sms_consent=True)])
+    projection.apply([registered(version=1, has_mobile=False, sms_consent=False)])
+    row = projection.row("national")
+    assert (row["contactable"], row["sms_consent"]) == (1, 1)
+    # the registration's placement still applies: no newer one is known
+    assert projection.row("workplace", "G1", "B1", "W-B1")["eligible"] == 1
+
+
+def test_a_member_who_moves_takes_all_their_counts_with_them():
+    projection = folded([registered(), enrolled(), voted()])
+    before = projection.row("branch", "G1", "B1")
+    assert (before["eligible"], before["voted"], before["contactable"]) == (1, 1, 1)
+    projection.apply([moved(branch="B9", group="G2")])
+    assert projection.numbers().keys() == {
+        (BALLOT, "national", "", "", ""), (BALLOT, "group", "G2", "", ""),
+        (BALLOT, "branch", "G2", "B9", ""), (BALLOT, "workplace", "G2", "B9", "W-B9")}
+    assert projection.row("branch", "G2", "B9") == before
+    assert ((BALLOT, "branch", "G2", "B9", ""), hour_of(T0)) in projection.timeline()
+    assert ((BALLOT, "branch", "G1", "B1", ""), hour_of(T0)) not in projection.timeline()
+
+
+def test_a_move_older_than_the_placement_held_is_ignored():
+    projection = folded([moved(version=5, branch="B5"), enrolled(branch="B1")])
+    assert projection.row("branch", "G1", "B5")["eligible"] == 1
+    projection.apply([moved(version=3, branch="B3")])
+    assert projection.row("branch", "G1", "B5")["eligible"] == 1
+    assert projection.row("branch", "G1", "B3")["eligible"] == 0
+
+
+def test_without_a_placement_from_contacts_the_roll_places_the_member():
+    projection = folded([enrolled(branch="B7")])
+    assert projection.row("branch", "G1", "B7")["eligible"] == 1
+    assert projection.row("branch", "G1", "B7")["hard_to_reach"] == 1
