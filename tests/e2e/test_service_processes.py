@@ -48,3 +48,19 @@ async def test_contacts_runs_as_a_process_and_logs_json(tmp_path, monkeypatch, d
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert any(r.get("event") == "service_started" for r in records)
     assert all(r.get("service") == "contacts" for r in records)
+
+
+async def test_a_service_serves_the_event_contract_under_its_topic_names(database_url, topics, kafka_bootstrap):
+    from turnout_contacts.main import create_contacts_app
+    from turnout_contacts.settings import ContactsSettings
+
+    from tests.support.services import running
+
+    settings = ContactsSettings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+                                topic_namespace=topics.namespace,
+                                topic_partitions=topics.partitions)
+    async with running(create_contacts_app(settings)) as client:
+        document = (await client.get("/asyncapi.json")).json()
+    assert document["asyncapi"].startswith("3.")
+    addresses = {c["address"] for c in document["channels"].values()}
+    assert topics.events("ballots") in addresses and topics.dead_letter in addresses

@@ -152,6 +152,14 @@ def _add_operational_routes(app: FastAPI) -> None:
             body["failed"] = sorted(name for name, r in results.items() if r != "ok")
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> JSONResponse:
+        """The event contract (AsyncAPI 3.0) as this deployment names its topics: what
+        other systems subscribe to. Generated from the same models the services use."""
+        from turnout_events.schemas import asyncapi_document
+
+        return JSONResponse(asyncapi_document(app.state.settings.topic_registry()))
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
