@@ -50,7 +50,8 @@ async def test_contacts_runs_as_a_process_and_logs_json(tmp_path, monkeypatch, d
     assert all(r.get("service") == "contacts" for r in records)
 
 
-async def test_a_service_serves_the_event_contract_under_its_topic_names(database_url, topics, kafka_bootstrap):
+async def test_a_service_serves_the_event_contract_under_its_topic_names(
+        database_url, topics, kafka_bootstrap):
     from turnout_contacts.main import create_contacts_app
     from turnout_contacts.settings import ContactsSettings
 
