@@ -47,7 +47,7 @@ def envelopes(n: int, keys: int) -> list[Envelope]:
                  occurred_at="2026-11-25T10:00:00Z", recorded_at="2026-11-25T10:00:00Z",
                  source="ballots", key=key_ids[i % keys], actor="rep:" + key_ids[0],
                  data={"ballot_id": key_ids[1], "member_id": key_ids[i % keys],
-                       "source": "rep", "voted_at": "2026-11-25T10:00:00Z"})
+                       "vote_source": "rep", "voted_at": "2026-11-25T10:00:00Z"})
         for i in range(n)
     ]
 
