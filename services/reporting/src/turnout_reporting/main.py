@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import asyncpg
@@ -28,6 +30,21 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+async def _keep_starting(consumer: FoldConsumer) -> None:
+    delay = 1.0
+    while True:
+        try:
+            await consumer.start()
+            return
+        except Exception as exc:
+            log.error("fold_consumer_start_failed", error=type(exc).__name__,
+                      retry_in_s=delay)
+            with contextlib.suppress(Exception):
+                await consumer.stop()  # drop half-started clients before the next try
+            await asyncio.sleep(delay)  # backoff while Kafka is away
+            delay = min(delay * 2, 30.0)
+
+
 def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
     settings = settings or ReportingSettings()
     ctx = ReportingContext.from_settings(settings)
@@ -45,9 +62,17 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
                 asyncpg_dsn(settings.database_url), min_size=1, max_size=2,
                 server_settings={"application_name": "reporting-fold"})
             ctx.consumer = FoldConsumer(settings, ctx.topics, ctx.pool)
-            await ctx.consumer.start()
+            # Kafka may be away when the service starts: serve the numbers already
+            # folded and keep trying to join the group in the background.
+            starter = asyncio.create_task(_keep_starting(ctx.consumer), name="fold-start")
+            app.state.fold_starter = starter
 
     async def stop(app: FastAPI) -> None:
+        starter = getattr(app.state, "fold_starter", None)
+        if starter is not None and not starter.done():
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
         if ctx.consumer is not None:
             await ctx.consumer.stop()
             ctx.consumer = None
