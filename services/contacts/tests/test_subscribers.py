@@ -4,28 +4,25 @@ however often it is delivered, and the result does not depend on the order of ar
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
 from turnout_contacts.db.tables import vote_status
 from turnout_contacts.service.opt_out import CONSUMER as OPT_OUT_CONSUMER
 from turnout_contacts.service.vote_status import CONSUMER as VOTE_STATUS_CONSUMER
 
 from services.contacts.tests.seed import seed_member
+from tests.support.events import event, eventually, produce
 from tests.support.kafka import read_to_end
 from tests.support.outbox import outbox_drained
 from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
-from turnout_events.envelope import Envelope, EventData
+from turnout_events.envelope import Envelope
 from turnout_events.notifications import OptOutReceived
-from turnout_events.samples import sample_envelope
-from turnout_events.serde import decode, encode
+from turnout_events.serde import decode
 from turnout_events.tables import inbox, outbox
 
 pytestmark = pytest.mark.integration
@@ -41,37 +38,6 @@ def ctx_of(client):
     return client.app.state.ctx
 
 
-def event(model: type[EventData], *, occurred_at: datetime | None = None,
-          **data: Any) -> Envelope:
-    """A sample event with these payload fields, optionally stamped with `occurred_at`."""
-    envelope = sample_envelope(model, **data)
-    return envelope.model_copy(update={"occurred_at": occurred_at}) if occurred_at else envelope
-
-
-async def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> None:
-    """Publish as the other services' relays do: keyed by the event's partition key."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True)
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            await producer.send_and_wait(topic, value=encode(envelope),
-                                         key=envelope.key.encode())
-    finally:
-        await producer.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, what: str,
-                     timeout: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def status_of(ctx, ballot_id: uuid.UUID, member_id: uuid.UUID) -> Any:

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,16 +16,14 @@ from typing import Any
 
 import sqlalchemy as sa
 import uvicorn
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Header, HTTPException
 from turnout_notifications.service.state import CONSUMER
 
+from tests.support.events import event, eventually, produce  # noqa: F401 - re-exported
 from turnout_events.ballots import BallotOpened, MemberEnrolled, Voted
 from turnout_events.contacts import MemberRegistered
-from turnout_events.envelope import Envelope, EventData
+from turnout_events.envelope import Envelope
 from turnout_events.notifications import OptOutReceived
-from turnout_events.samples import sample_envelope
-from turnout_events.serde import encode
 from turnout_events.tables import inbox
 from turnout_kit.auth import InvalidToken, Role, TokenVerifier
 from turnout_kit.settings import DEVELOPMENT_JWT_SECRET
@@ -111,36 +109,6 @@ async def fake_contacts_server() -> AsyncIterator[FakeContacts]:
 
 # -- events ------------------------------------------------------------------------------
 
-def event(model: type[EventData], *, occurred_at: datetime | None = None,
-          **data: Any) -> Envelope:
-    envelope = sample_envelope(model, **data)
-    return envelope.model_copy(update={"occurred_at": occurred_at}) if occurred_at else envelope
-
-
-async def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> None:
-    """Publish as the other services' relays do: keyed by the event's partition key."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True)
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            await producer.send_and_wait(topic, value=encode(envelope),
-                                         key=envelope.key.encode())
-    finally:
-        await producer.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, what: str,
-                     timeout: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def applied(ctx, envelopes: Iterable[Envelope]) -> None:
