@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,6 +128,78 @@ def test_unacceptable_tokens(token: str) -> None:
 def test_small_clock_skew_is_tolerated() -> None:
     token = issue_token(TEST_SECRET, "national", "n", ttl=timedelta(seconds=-5))
     assert verifier().verify(token).role is Role.national
+
+
+# -- remembered tokens ------------------------------------------------------------------
+
+def _tampered_signature(token: str) -> str:
+    head, payload, signature = token.split(".")
+    # A character in the middle: the last one may only carry padding bits.
+    middle = len(signature) // 2
+    swapped = "A" if signature[middle] != "A" else "B"
+    return ".".join((head, payload, signature[:middle] + swapped + signature[middle + 1:]))
+
+
+async def test_a_cache_hit_returns_an_equal_caller() -> None:
+    v = verifier()
+    token = issue_token(TEST_SECRET, "rep", "rep-3", branches=["B4"])
+    expected = Caller("rep-3", Role.rep, frozenset({"B4"}), frozenset())
+    assert v.verify(token) == expected
+    assert v.verify(token) == expected
+    assert await v.verify_async(token) == expected
+
+
+def test_a_remembered_token_still_expires_on_time() -> None:
+    v = TokenVerifier(secret=TEST_SECRET, issuer=ISS, audience=AUD, leeway=0)
+    exp = int(time.time()) + 1
+    token = raw_token({"role": "national", "exp": exp})
+    assert v.verify(token).role is Role.national
+    assert v.verify(token).role is Role.national  # remembered now
+    deadline = time.monotonic() + 5
+    while time.time() <= exp:  # wait for the token's expiry, not for a race
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(InvalidToken, match="ExpiredSignature"):
+        v.verify(token)
+
+
+async def test_a_token_differing_from_a_remembered_one_is_verified() -> None:
+    v = verifier()
+    token = issue_token(TEST_SECRET, "rep", "rep-3", branches=["B4"])
+    assert v.verify(token).subject == "rep-3"
+
+    with pytest.raises(InvalidToken):
+        v.verify(_tampered_signature(token))
+    # The remembered token's signature on other claims.
+    head, _, signature = token.split(".")
+    _, national_claims, _ = issue_token(TEST_SECRET, "national", "rep-3").split(".")
+    with pytest.raises(InvalidToken):
+        await v.verify_async(f"{head}.{national_claims}.{signature}")
+    # The same claims signed with another secret.
+    claims = jwt.decode(token, TEST_SECRET, algorithms=["HS256"], audience=AUD)
+    with pytest.raises(InvalidToken):
+        v.verify(jwt.encode(claims, "another-secret-of-at-least-32-chars!!", algorithm="HS256"))
+
+    other = issue_token(TEST_SECRET, "organiser", "org-2", groups=["G1"])
+    assert v.verify(other) == Caller("org-2", Role.organiser, frozenset(), frozenset({"G1"}))
+    assert v.verify(token).subject == "rep-3"
+
+
+def test_rejected_tokens_stay_rejected() -> None:
+    v = verifier()
+    forged = _tampered_signature(issue_token(TEST_SECRET, "admin", "a"))
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            v.verify(forged)
+
+
+def test_a_full_cache_still_verifies_every_token() -> None:
+    v = TokenVerifier(secret=TEST_SECRET, issuer=ISS, audience=AUD, cache_size=2)
+    tokens = [issue_token(TEST_SECRET, "rep", f"rep-{i}", branches=["B1"]) for i in range(4)]
+    for _ in range(2):
+        assert [v.verify(t).subject for t in tokens] == [f"rep-{i}" for i in range(4)]
+    with pytest.raises(InvalidToken):
+        v.verify(_tampered_signature(tokens[0]))
 
 
 # -- JWKS (OIDC) -------------------------------------------------------------------------

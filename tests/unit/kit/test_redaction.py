@@ -212,3 +212,37 @@ def test_console_renderer_still_redacts() -> None:
         structlog.reset_defaults()
     assert REDACTED in stream.getvalue()
     assert "900123" not in stream.getvalue()
+
+
+def test_a_value_seen_clean_elsewhere_is_still_redacted_under_a_personal_key() -> None:
+    # "Ada" and 7700900123-as-int pass unchanged under ordinary keys, and are remembered
+    # as clean; under a personal key they must be redacted all the same.
+    assert redact_pii(None, "info", {"event": "Ada", "n": 7700900123}) == {
+        "event": "Ada", "n": 7700900123}
+    assert redact_pii(None, "info", {"event": "x", "first_name": "Ada",
+                                     "Mobile": 7700900123, "PHONE": "Ada"}) == {
+        "event": "x", "first_name": REDACTED, "Mobile": REDACTED, "PHONE": REDACTED}
+
+
+def test_numbers_between_ids_and_timestamps_are_still_found() -> None:
+    ids = "3f2b8c1e-7d4a-4c1b-9e2f-0a1b2c3d4e5f"
+    clean = f"/v1/ballots/{ids}/votes/{ids}"
+    assert redact_text(clean) == clean
+    assert redact_text(clean) == clean  # again, remembered as clean
+    assert (redact_text(f"/v1/ballots/{ids}/search/07700900123")
+            == f"/v1/ballots/{ids}/search/{REDACTED}")
+    assert (redact_text(f"{ids} 07700 900123 2026-02-18T09:30:00Z")
+            == f"{ids} {REDACTED} 2026-02-18T09:30:00Z")
+
+
+def test_access_log_fields_are_redacted_except_the_timestamp(log_lines) -> None:
+    structlog.get_logger("turnout.access").info(
+        "request", method="GET", path="/v1/members/search/07700900123",
+        route="/v1/members/search/{term}", status=200, duration_ms=1.5,
+        subject="07700 900123", role="rep")
+    (line,) = log_lines.events("request")
+    assert line["path"] == f"/v1/members/search/{REDACTED}"
+    assert line["subject"] == REDACTED
+    assert line["route"] == "/v1/members/search/{term}"
+    assert (line["status"], line["duration_ms"], line["role"]) == (200, 1.5, "rep")
+    assert line["timestamp"].endswith("Z") and line["level"] == "info"

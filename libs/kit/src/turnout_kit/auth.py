@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 import jwt
 import structlog
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
 from .problems import Problem
@@ -46,6 +49,10 @@ HS_ALGORITHMS = ("HS256",)
 JWKS_ALGORITHMS = ("RS256", "ES256")
 # Clock skew tolerated between the issuer and us.
 LEEWAY_SECONDS = 30
+# Verified tokens remembered, so a rep marking votes all evening is not re-verified on
+# every request (signature checking was a tenth of a service's CPU). Bounded: a token is
+# a few hundred bytes, so this is a few megabytes at most.
+TOKEN_CACHE_SIZE = 10_000
 
 
 class Role(StrEnum):
@@ -148,7 +155,13 @@ class SigningKeySource(Protocol):
 
 
 class TokenVerifier:
-    """Checks bearer tokens and turns them into `Caller`s."""
+    """Checks bearer tokens and turns them into `Caller`s.
+
+    Tokens that verified are remembered (up to `cache_size`, least recently used out
+    first) until their `exp`, so a client's repeated calls skip the signature check. So
+    a remembered token stays accepted until it expires even if its signing key leaves
+    the JWKS meanwhile: the token's lifetime bounds that, as it bounds a stolen token's.
+    """
 
     def __init__(
         self,
@@ -160,6 +173,7 @@ class TokenVerifier:
         jwks_client: SigningKeySource | None = None,
         algorithms: Sequence[str] | None = None,
         leeway: float = LEEWAY_SECONDS,
+        cache_size: int = TOKEN_CACHE_SIZE,
     ) -> None:
         if jwks_client is None and jwks_url is not None:
             # Keys are cached (and refetched when a token names an unknown kid), so the
@@ -176,6 +190,11 @@ class TokenVerifier:
             algorithms or (JWKS_ALGORITHMS if jwks_client is not None else HS_ALGORITHMS)
         )
         self.leeway = leeway
+        self._cache_size = cache_size
+        # token -> (caller, exp as a Unix time). Only tokens that verified are put here.
+        self._cache: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
+        # verify() runs in worker threads when keys come from a JWKS.
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> TokenVerifier:
@@ -193,6 +212,9 @@ class TokenVerifier:
     def verify(self, token: str) -> Caller:
         """The caller a token stands for; raises `InvalidToken`. With a JWKS this may
         block on fetching keys: from async code use `verify_async`."""
+        cached = self._cached(token)
+        if cached is not None:
+            return cached
         key: Any = self._secret
         if self._jwks is not None:
             try:
@@ -202,9 +224,40 @@ class TokenVerifier:
         return self._decode(token, key)
 
     async def verify_async(self, token: str) -> Caller:
+        cached = self._cached(token)
+        if cached is not None:
+            return cached
         if self._jwks is None:
             return self._decode(token, self._secret)  # pure CPU, microseconds
         return await asyncio.to_thread(self.verify, token)
+
+    def _cached(self, token: str) -> Caller | None:
+        """The caller of a token verified before, until the token's `exp` - never
+        beyond it, not even by the leeway: after `exp` the token is verified afresh.
+        The token string is the key, so a token differing in any byte (another
+        signature, other claims) is verified like any new one."""
+        with self._cache_lock:
+            entry = self._cache.get(token)
+            if entry is None:
+                return None
+            caller, expires_at = entry
+            if time.time() >= expires_at:
+                del self._cache[token]
+                return None
+            self._cache.move_to_end(token)
+            return caller
+
+    def _remember(self, token: str, caller: Caller, exp: Any) -> None:
+        if self._cache_size <= 0 or isinstance(exp, bool) or not isinstance(exp, int | float):
+            return
+        expires_at = float(exp)
+        if time.time() >= expires_at:
+            return  # accepted only thanks to the leeway: not worth remembering
+        with self._cache_lock:
+            self._cache[token] = (caller, expires_at)
+            self._cache.move_to_end(token)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     def _decode(self, token: str, key: Any) -> Caller:
         try:
@@ -219,7 +272,9 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from exc
-        return caller_from_claims(claims)
+        caller = caller_from_claims(claims)
+        self._remember(token, caller, claims.get("exp"))
+        return caller
 
 
 def _codes(claims: dict[str, Any], name: str) -> frozenset[str]:
@@ -248,35 +303,42 @@ def caller_from_claims(claims: dict[str, Any]) -> Caller:
 
 # -- FastAPI dependencies --------------------------------------------------------------
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="A JWT. Locally: `turnout token --role rep --branch B123`.",
-)
-
-
 def _unauthorized(detail: str, error: str | None = None) -> Problem:
     challenge = "Bearer" if error is None else f'Bearer error="{error}"'
     return Problem(401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
-async def current_caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
-    """The authenticated caller; 401 when the token is missing or not acceptable."""
-    if credentials is None:
-        raise _unauthorized("This request needs a bearer token (Authorization: Bearer ...).")
-    verifier: TokenVerifier | None = getattr(request.app.state, "token_verifier", None)
-    if verifier is None:
-        raise RuntimeError("app.state.token_verifier is not set (see turnout_kit.app)")
-    try:
-        caller = await verifier.verify_async(credentials.credentials)
-    except InvalidToken as exc:
-        # Why it failed goes to our log only: telling the caller helps forgers.
-        log.info("token_rejected", reason=str(exc))
-        raise _unauthorized("invalid or expired token", "invalid_token") from None
-    request.state.caller = caller  # for the access log
-    return caller
+class BearerCaller(HTTPBearer):
+    """The bearer scheme, as the OpenAPI document shows it, that also verifies the
+    token: one dependency where a scheme and a verifying function would be two, since
+    FastAPI resolves each dependency anew on every request."""
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        """The authenticated caller; 401 when the token is missing or not acceptable."""
+        credentials = await super().__call__(request)
+        if credentials is None:
+            raise _unauthorized(
+                "This request needs a bearer token (Authorization: Bearer ...).")
+        verifier: TokenVerifier | None = getattr(request.app.state, "token_verifier", None)
+        if verifier is None:
+            raise RuntimeError("app.state.token_verifier is not set (see turnout_kit.app)")
+        try:
+            caller = await verifier.verify_async(credentials.credentials)
+        except InvalidToken as exc:
+            # Why it failed goes to our log only: telling the caller helps forgers.
+            log.info("token_rejected", reason=str(exc))
+            raise _unauthorized("invalid or expired token", "invalid_token") from None
+        request.state.caller = caller  # for the access log
+        return caller
+
+
+# The dependency giving the authenticated caller (`Depends(current_caller)`, or
+# `CurrentCaller` as a parameter's type). Named HTTPBearer in the OpenAPI document.
+current_caller = BearerCaller(
+    scheme_name="HTTPBearer",
+    auto_error=False,
+    description="A JWT. Locally: `turnout token --role rep --branch B123`.",
+)
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]

@@ -23,7 +23,7 @@ from typing import IO, Any
 import structlog
 from structlog.types import EventDict, Processor
 
-from .redaction import redact_pii
+from .redaction import redact_event, redact_pii
 
 __all__ = [
     "bind_correlation_id",
@@ -98,6 +98,17 @@ def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+# Keys whose values our own processors wrote last, after anything a log call or a
+# foreign record's `extra` could put there: not searched for contact values.
+_OWN_KEYS = frozenset({"timestamp"})
+
+
+def _redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """`redact_pii`, skipping the timestamp `TimeStamper` just wrote (an ISO time is
+    all digits and separators: the costliest string of a line to search, and ours)."""
+    return redact_event(event_dict, _OWN_KEYS)
+
+
 def _shared_processors(service: str, inspect: Sequence[Processor] = ()) -> list[Processor]:
     # Order matters: exceptions are rendered to text *before* redaction, so a traceback
     # quoting a phone number is redacted like any other string.
@@ -114,7 +125,7 @@ def _shared_processors(service: str, inspect: Sequence[Processor] = ()) -> list[
         structlog.processors.format_exc_info,
         structlog.processors.UnicodeDecoder(),
         *inspect,
-        redact_pii,
+        _redact,
     ]
 
 

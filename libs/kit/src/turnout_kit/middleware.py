@@ -70,6 +70,23 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
+# (method, route, status) -> that series of each HTTP metric. `labels()` validates and
+# locks on every call; the label values are bounded (methods, route templates, statuses),
+# so each series is looked up once and kept.
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    key = (method, route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        label = str(status)
+        series = (HTTP_REQUESTS.labels(method, route, label),
+                  HTTP_LATENCY.labels(method, route, label))
+        _SERIES[key] = series
+    return series
+
+
 class AccessMiddleware:
     """Access log and metrics. The log line has the path but never the query string:
     query strings carry search terms, which are names."""
@@ -98,8 +115,9 @@ class AccessMiddleware:
             elapsed = time.perf_counter() - started
             method = method_label(scope["method"])
             route = route_template(scope)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route, str(status)).observe(elapsed)
+            requests, latency = _series(method, route, status)
+            requests.inc()
+            latency.observe(elapsed)
             fields: dict[str, Any] = {
                 "method": method, "path": scope["path"], "route": route,
                 "status": status, "duration_ms": round(elapsed * 1000, 2),

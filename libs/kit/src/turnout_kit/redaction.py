@@ -27,7 +27,7 @@ the cost of a false negative is a member's phone number in a log forever.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -127,11 +127,36 @@ def _redact_phones(text: str) -> str:
     return _CANDIDATE_RE.sub(lambda m: _redact_candidate(m.group(0)), text)
 
 
+# Short strings found clean before, so the values every log line repeats (event names,
+# logger and service names, route templates, roles) are searched once, not on every
+# line. Only strings that needed no redaction are kept, so nothing here is personal data
+# the log lines would not show anyway; emptied when full rather than tracked by use.
+_CLEAN: set[str] = set()
+_CLEAN_MAX_ENTRIES = 4096
+_CLEAN_MAX_LENGTH = 120
+
+
 def redact_text(text: str) -> str:
     """`text` with every email address and phone number replaced by "[redacted]"."""
+    if text in _CLEAN:
+        return text
+    redacted = _redact_text(text)
+    if len(text) <= _CLEAN_MAX_LENGTH and redacted == text:
+        if len(_CLEAN) >= _CLEAN_MAX_ENTRIES:
+            _CLEAN.clear()
+        _CLEAN.add(text)
+    return redacted
+
+
+def _redact_text(text: str) -> str:
     if "@" in text or "%40" in text:
         text = _EMAIL_RE.sub(REDACTED, text)
     if not _CANDIDATE_RE.search(text):
+        return text
+    # Digits, but maybe only those of UUIDs and timestamps (a path with ids in it): look
+    # again with those cut out. "\0" is neither a word character nor a separator, so a
+    # candidate is found here exactly when one is in a piece the loop below searches.
+    if not _CANDIDATE_RE.search(_HARMLESS_RE.sub("\0", text)):
         return text
     # Only the pieces between harmless tokens are searched, so a UUID or a timestamp can
     # neither be redacted nor lend its digits to a neighbour.
@@ -146,11 +171,18 @@ def redact_text(text: str) -> str:
 
 
 _PLAIN = (int, float, bool, type(None))
+# The exact types of most values, checked by identity before the isinstance chain.
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 
 
 def redact_value(value: Any) -> Any:
     """Redact strings anywhere inside `value` (dicts, lists, tuples, sets); other objects
     are rendered with `str()` first, since that is what a renderer would print."""
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind in _PLAIN_TYPES:
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, _PLAIN):
@@ -162,10 +194,36 @@ def redact_value(value: Any) -> Any:
     return redact_text(str(value))
 
 
+def _is_sensitive_key(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    # Most keys are lower case already: no need to build a lowered copy.
+    return key in SENSITIVE_KEYS or (not key.islower() and key.lower() in SENSITIVE_KEYS)
+
+
 def _redact_item(key: Any, value: Any) -> Any:
-    if isinstance(key, str) and key.lower() in SENSITIVE_KEYS and value not in (None, ""):
+    if _is_sensitive_key(key) and value not in (None, ""):
         return REDACTED
     return redact_value(value)
+
+
+def redact_event(
+    event_dict: MutableMapping[str, Any], trusted_keys: Collection[str] = ()
+) -> MutableMapping[str, Any]:
+    """Redact every value of a structlog event dict in place, except keys starting with
+    "_" (structlog/stdlib plumbing, the LogRecord) and `trusted_keys`, whose values the
+    caller knows it produced itself (e.g. the timestamp its own processor wrote)."""
+    for key, value in event_dict.items():
+        if key.startswith("_") or key in trusted_keys:
+            continue
+        # Inline fast path for the common case: a number, or a string seen clean before,
+        # under a lower-case key that is not personal whatever its value.
+        kind = type(value)
+        if ((kind in _PLAIN_TYPES or (kind is str and value in _CLEAN))
+                and key not in SENSITIVE_KEYS and key.islower()):
+            continue
+        event_dict[key] = _redact_item(key, value)
+    return event_dict
 
 
 def redact_pii(
@@ -176,8 +234,4 @@ def redact_pii(
     Keys starting with "_" are structlog/stdlib plumbing (the LogRecord) and left alone.
     Run it after `format_exc_info`, so tracebacks are redacted too.
     """
-    for key, value in event_dict.items():
-        if key.startswith("_"):
-            continue
-        event_dict[key] = _redact_item(key, value)
-    return event_dict
+    return redact_event(event_dict)
