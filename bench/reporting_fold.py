@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from turnout_reporting.main import MIGRATIONS, asyncpg_dsn  # noqa: E402
+from turnout_reporting.main import MIGRATIONS  # noqa: E402
 from turnout_reporting.messaging.consumer import FoldConsumer, source_topics  # noqa: E402
 from turnout_reporting.projections.fold import COUNTS  # noqa: E402
 from turnout_reporting.settings import ReportingSettings  # noqa: E402
@@ -41,6 +41,7 @@ from tests.support.isolation import (  # noqa: E402
     drop_database,
 )
 from turnout_events.registry import parse_payload  # noqa: E402
+from turnout_events.relay import asyncpg_dsn  # noqa: E402
 from turnout_events.serde import decode  # noqa: E402
 from turnout_kit.db import run_migrations  # noqa: E402
 

@@ -8,6 +8,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.engine import make_url
 
+from turnout_events.relay import asyncpg_dsn
 from turnout_events.topics import TopicRegistry
 from turnout_local.topics import ensure_topics
 
@@ -31,14 +32,10 @@ async def delete_topics(bootstrap_servers: str, registry: TopicRegistry) -> None
         await admin.close()
 
 
-def _plain(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def create_database(server_url: str) -> str:
     """Create an empty database; return its SQLAlchemy (asyncpg) URL."""
     name = unique_name("test_")
-    conn = await asyncpg.connect(_plain(server_url))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -49,7 +46,7 @@ async def create_database(server_url: str) -> str:
 
 async def drop_database(server_url: str, database_url: str) -> None:
     name = make_url(database_url).database
-    conn = await asyncpg.connect(_plain(server_url))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -22,7 +22,7 @@ from datetime import datetime
 import asyncpg
 import httpx
 import pytest
-from turnout_reporting.main import asyncpg_dsn, create_reporting_app
+from turnout_reporting.main import create_reporting_app
 from turnout_reporting.messaging.consumer import FoldConsumer, group_id, source_topics
 from turnout_reporting.settings import ReportingSettings
 from turnout_reporting.synthetic import SyntheticBallot, generate_ballot
@@ -31,6 +31,7 @@ from services.reporting.tests.events import as_envelope, publish, shuffled
 from services.reporting.tests.test_projection import numbers
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
+from turnout_events.relay import asyncpg_dsn
 from turnout_local import services
 
 pytestmark = pytest.mark.integration

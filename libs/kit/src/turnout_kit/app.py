@@ -21,14 +21,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .auth import TokenVerifier
+from .db import create_engine, ensure_database, run_migrations
 from .idempotency import IdempotencyMiddleware, PathPattern
 from .middleware import (
     AccessMiddleware,
@@ -37,7 +40,7 @@ from .middleware import (
     UnhandledErrorMiddleware,
 )
 from .problems import install_problem_handlers
-from .readiness import ReadinessCheck, run_checks
+from .readiness import ReadinessCheck, database_check, run_checks
 from .settings import ServiceSettings
 
 log = structlog.get_logger("turnout_kit.app")
@@ -84,7 +87,7 @@ def create_app(
             await hook(app)
         retry: asyncio.Task[None] | None = None
         if broker is not None:
-            retry = await _start_broker(broker)
+            retry = await start_with_retry(broker)
         log.info("service_started", title=title, version=version,
                  port=settings.http_port)
         try:
@@ -165,43 +168,60 @@ def _add_operational_routes(app: FastAPI) -> None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _start_broker(broker: Any) -> asyncio.Task[None] | None:
-    """Start the broker; if Kafka is not reachable, keep trying in the background.
+async def start_with_retry(component: Any, *, name: str = "kafka_broker"
+                           ) -> asyncio.Task[None] | None:
+    """Start a Kafka client (the FastStream broker, a plain consumer: anything with
+    `start()` and `stop()`); if Kafka is not reachable, keep trying in the background
+    and return that task (cancel it on shutdown).
 
     The service still comes up: HTTP commands write to the outbox, which drains when
-    Kafka is back, and `/readyz` reports Kafka as failing meanwhile.
+    Kafka is back, reads serve what is already stored, and `/readyz` reports Kafka as
+    failing meanwhile.
     """
     try:
-        await broker.start()
+        await component.start()
         return None
     except Exception as exc:
-        log.error("kafka_broker_start_failed", error=type(exc).__name__,
+        log.error(f"{name}_start_failed", error=type(exc).__name__,
                   retry_in_s=BROKER_RETRY_INITIAL_DELAY)
-        await _reset_broker(broker)
-    return asyncio.create_task(_keep_starting(broker), name="kafka-broker-start")
+        await _reset(component)
+    return asyncio.create_task(_keep_starting(component, name), name=f"{name}-start")
 
 
-async def _reset_broker(broker: Any) -> None:
+async def _reset(component: Any) -> None:
     # A failed start can leave half the subscribers running; stop everything so the
     # next attempt starts from scratch instead of doubling consumers.
     with contextlib.suppress(Exception):
-        await broker.stop()
+        await component.stop()
 
 
-async def _keep_starting(broker: Any) -> None:
+async def _keep_starting(component: Any, name: str) -> None:
     delay = BROKER_RETRY_INITIAL_DELAY
     while True:
         await asyncio.sleep(delay)
         try:
-            await broker.start()
+            await component.start()
         except Exception as exc:
             delay = min(delay * 2, BROKER_RETRY_MAX_DELAY)
-            log.warning("kafka_broker_start_failed", error=type(exc).__name__,
+            log.warning(f"{name}_start_failed", error=type(exc).__name__,
                         retry_in_s=delay)
-            await _reset_broker(broker)
+            await _reset(component)
         else:
-            log.info("kafka_broker_started")
+            log.info(f"{name}_started")
             return
+
+
+async def open_database(app: FastAPI, settings: ServiceSettings, migrations: Path, *,
+                        application_name: str, **pool: Any) -> AsyncEngine:
+    """A service's own database, ready to use: created if missing, migrated to head, an
+    engine on `app.state.engine` (the idempotency middleware writes through it) and a
+    readiness check. Call from the service's startup hook."""
+    await ensure_database(settings.database_url)
+    await run_migrations(migrations, settings.database_url)
+    engine = create_engine(settings.database_url, application_name=application_name, **pool)
+    app.state.engine = engine
+    app.state.readiness_checks.append(database_check(engine))
+    return engine
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from turnout_events.relay import OutboxRelay
-from turnout_kit.app import create_app, serve
-from turnout_kit.db import create_engine, ensure_database, run_migrations, session_factory
+from turnout_kit.app import create_app, open_database, serve
+from turnout_kit.db import session_factory
 from turnout_kit.logging import broker_logger, configure_logging
-from turnout_kit.readiness import broker_check, database_check
+from turnout_kit.readiness import broker_check
 
 from .api import routers
 from .context import Clock, NotificationsContext
@@ -38,12 +38,9 @@ def create_notifications_app(settings: NotificationsSettings | None = None, *,
     channels = ContactChannels(settings)
 
     async def start(app: FastAPI) -> None:
-        await ensure_database(settings.database_url)
-        await run_migrations(MIGRATIONS, settings.database_url)
-        ctx.engine = create_engine(settings.database_url, application_name="notifications")
+        ctx.engine = await open_database(app, settings, MIGRATIONS,
+                                         application_name="notifications")
         ctx.sessions = session_factory(ctx.engine)
-        app.state.engine = ctx.engine
-        app.state.readiness_checks.append(database_check(ctx.engine))
         app.state.readiness_checks.append(broker_check(broker))
         ctx.relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                                 service="notifications")

@@ -7,14 +7,13 @@ import contextlib
 from pathlib import Path
 
 import asyncpg
-import structlog
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 
-from turnout_kit.app import create_app, serve
-from turnout_kit.db import create_engine, ensure_database, run_migrations, session_factory
+from turnout_events.relay import asyncpg_dsn
+from turnout_kit.app import create_app, open_database, serve, start_with_retry
+from turnout_kit.db import session_factory
 from turnout_kit.logging import configure_logging
-from turnout_kit.readiness import database_check, kafka_check
+from turnout_kit.readiness import kafka_check
 
 from .api import routers
 from .context import ReportingContext
@@ -22,27 +21,6 @@ from .messaging.consumer import FoldConsumer
 from .settings import ReportingSettings
 
 MIGRATIONS = Path(__file__).parent / "db" / "migrations"
-log = structlog.get_logger("turnout.reporting")
-
-
-def asyncpg_dsn(url: str) -> str:
-    """The plain libpq-style URL asyncpg connects with, from the SQLAlchemy one."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _keep_starting(consumer: FoldConsumer) -> None:
-    delay = 1.0
-    while True:
-        try:
-            await consumer.start()
-            return
-        except Exception as exc:
-            log.error("fold_consumer_start_failed", error=type(exc).__name__,
-                      retry_in_s=delay)
-            with contextlib.suppress(Exception):
-                await consumer.stop()  # drop half-started clients before the next try
-            await asyncio.sleep(delay)  # backoff while Kafka is away
-            delay = min(delay * 2, 30.0)
 
 
 def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
@@ -50,12 +28,9 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
     ctx = ReportingContext.from_settings(settings)
 
     async def start(app: FastAPI) -> None:
-        await ensure_database(settings.database_url)
-        await run_migrations(MIGRATIONS, settings.database_url)
-        ctx.engine = create_engine(settings.database_url, application_name="reporting")
+        ctx.engine = await open_database(app, settings, MIGRATIONS,
+                                         application_name="reporting")
         ctx.sessions = session_factory(ctx.engine)
-        app.state.engine = ctx.engine
-        app.state.readiness_checks.append(database_check(ctx.engine))
         app.state.readiness_checks.append(kafka_check(settings.kafka_bootstrap_servers))
         if settings.fold_enabled:
             ctx.pool = await asyncpg.create_pool(
@@ -64,8 +39,8 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
             ctx.consumer = FoldConsumer(settings, ctx.topics, ctx.pool)
             # Kafka may be away when the service starts: serve the numbers already
             # folded and keep trying to join the group in the background.
-            starter = asyncio.create_task(_keep_starting(ctx.consumer), name="fold-start")
-            app.state.fold_starter = starter
+            app.state.fold_starter = await start_with_retry(ctx.consumer,
+                                                            name="fold_consumer")
 
     async def stop(app: FastAPI) -> None:
         starter = getattr(app.state, "fold_starter", None)
