@@ -358,3 +358,21 @@ def test_require_roles_needs_roles() -> None:
         require_roles()
     with pytest.raises(ValueError):
         require_roles("superuser")
+
+
+def test_the_scope_clause_selects_what_can_see_allows() -> None:
+    import sqlalchemy as sa
+
+    placed = sa.table("placed", sa.column("group_code"), sa.column("branch_code"))
+    rows = [("G1", "B1"), ("G1", "B2"), ("G2", "B3")]
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        conn.execute(sa.text("CREATE TABLE placed (group_code TEXT, branch_code TEXT)"))
+        conn.execute(sa.text("INSERT INTO placed VALUES (:g, :b)"),
+                     [{"g": g, "b": b} for g, b in rows])
+        for caller in (Caller("r", Role.rep, branch_codes=frozenset({"B2"})),
+                       Caller("o", Role.organiser, group_codes=frozenset({"G1"})),
+                       Caller("n", Role.national), Caller("s", Role.service)):
+            selected = set(conn.execute(sa.select(placed.c.group_code, placed.c.branch_code)
+                                        .where(caller.scope_clause(placed))).all())
+            assert selected == {r for r in rows if caller.can_see(*r)}, caller.role

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import jwt
+import sqlalchemy as sa
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
@@ -89,6 +90,15 @@ class Caller:
         if self.role is Role.organiser:
             return group_code is not None and group_code in self.group_codes
         return self.role in UNSCOPED_ROLES
+
+    def scope_clause(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        """The SQL twin of `can_see`: a WHERE clause limiting rows of `table` (one with
+        `group_code` and `branch_code` columns) to this caller's branches or groups."""
+        if self.role is Role.rep:
+            return table.c.branch_code.in_(sorted(self.branch_codes))
+        if self.role is Role.organiser:
+            return table.c.group_code.in_(sorted(self.group_codes))
+        return sa.true() if self.role in UNSCOPED_ROLES else sa.false()
 
     def has_role(self, *roles: Role | str) -> bool:
         return self.role in roles

@@ -40,11 +40,7 @@ def not_on_roll(ballot_id: uuid.UUID, member_id: uuid.UUID) -> Problem:
 
 def scope_filter(caller: Caller, table: sa.Table = roll) -> sa.ColumnElement[bool]:
     """A WHERE clause limiting roll (or replica) rows to the caller's branches or groups."""
-    if caller.role is Role.rep:
-        return table.c.branch_code.in_(sorted(caller.branch_codes))
-    if caller.role is Role.organiser:
-        return table.c.group_code.in_(sorted(caller.group_codes))
-    return sa.true()
+    return caller.scope_clause(table)
 
 
 def in_ballot_scope(scope: BallotScope, table: sa.Table = member_replica) -> sa.ColumnElement[bool]:

@@ -7,7 +7,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from turnout_kit.auth import Caller, Role
+from turnout_kit.auth import Caller
 from turnout_kit.problems import Problem
 
 from ..db.tables import members
@@ -19,11 +19,7 @@ def not_found(member_id: uuid.UUID) -> Problem:
 
 def scope_filter(caller: Caller, table: sa.Table = members) -> sa.ColumnElement[bool]:
     """A WHERE clause limiting rows to the caller's branches or groups."""
-    if caller.role is Role.rep:
-        return table.c.branch_code.in_(sorted(caller.branch_codes))
-    if caller.role is Role.organiser:
-        return table.c.group_code.in_(sorted(caller.group_codes))
-    return sa.true()
+    return caller.scope_clause(table)
 
 
 async def load_member_row(session: AsyncSession, caller: Caller, member_id: uuid.UUID, *,
