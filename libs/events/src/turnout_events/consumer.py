@@ -13,6 +13,7 @@ crash has no second effect. Offsets are committed after the handler returns
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -110,20 +111,16 @@ def subscribe_events(
 
     async def _handle_with_retries(envelope: Envelope, payload: EventData) -> None:
         failures = 0
-        delay, waited = 0.1, 0.0
+        backoff = _TransientBackoff(group_id, transient_retry_seconds)
         while True:
             try:
                 await handler(envelope, payload)
                 return
             except Exception as exc:
                 if is_transient(exc):
-                    if waited >= transient_retry_seconds:
+                    if backoff.spent:
                         raise  # NACK: rewind and let the next poll try again
-                    log.warning("consumer.transient_error", group=group_id,
-                                error=type(exc).__name__, retry_in=delay)
-                    await asyncio.sleep(delay)  # backoff between attempts, not a race fix
-                    waited += delay
-                    delay = min(delay * 2, 5.0)
+                    await backoff.sleep(exc)
                     continue
                 failures += 1
                 log.exception("consumer.handler_error", group=group_id, event_id=str(envelope.id),
@@ -149,19 +146,37 @@ async def _retry_transient(call: Callable[[], Awaitable[None]], *, group_id: str
                            budget_seconds: float) -> None:
     """Run `call`, waiting out transient errors (backoff) up to the budget; anything else,
     or a transient error past the budget, propagates."""
-    delay, waited = 0.1, 0.0
+    backoff = _TransientBackoff(group_id, budget_seconds)
     while True:
         try:
             await call()
             return
         except Exception as exc:
-            if not is_transient(exc) or waited >= budget_seconds:
+            if not is_transient(exc) or backoff.spent:
                 raise
-            log.warning("consumer.transient_error", group=group_id,
-                        error=type(exc).__name__, retry_in=delay)
-            await asyncio.sleep(delay)  # backoff between attempts, not a race fix
-            waited += delay
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep(exc)
+
+
+class _TransientBackoff:
+    """Waits between attempts while transient errors last: 0.1 s doubling to 5 s, until
+    `budget_seconds` of waiting is spent."""
+
+    def __init__(self, group_id: str, budget_seconds: float) -> None:
+        self.group_id = group_id
+        self.budget_seconds = budget_seconds
+        self.delay = 0.1
+        self.waited = 0.0
+
+    @property
+    def spent(self) -> bool:
+        return self.waited >= self.budget_seconds
+
+    async def sleep(self, exc: BaseException) -> None:
+        log.warning("consumer.transient_error", group=self.group_id,
+                    error=type(exc).__name__, retry_in=self.delay)
+        await asyncio.sleep(self.delay)  # backoff between attempts, not a race fix
+        self.waited += self.delay
+        self.delay = min(self.delay * 2, 5.0)
 
 
 def subscribe_event_batches(
@@ -221,7 +236,7 @@ def subscribe_event_batches(
     async def _one_by_one(items: list[tuple[Envelope, EventData, Any]]) -> None:
         for envelope, payload, record in items:
             try:
-                await _retry_transient(lambda e=envelope, p=payload: handler([(e, p)]),
+                await _retry_transient(functools.partial(handler, [(envelope, payload)]),
                                        group_id=group_id,
                                        budget_seconds=transient_retry_seconds)
             except Exception as exc:
