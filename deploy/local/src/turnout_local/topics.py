@@ -21,10 +21,15 @@ async def ensure_topics(bootstrap_servers: str, registry: TopicRegistry) -> list
             [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
              for s in missing]
         )
+        created = []
         for name, code, message in _errors(response):
             if code and code != TopicAlreadyExistsError.errno:
                 raise RuntimeError(f"creating topic {name} failed: error {code} {message or ''}")
-        return [s.name for s in missing]
+            # The broker's topic list lags a creation a moment: a topic it did not list
+            # may already exist, and then this call did not create it.
+            if not code:
+                created.append(name)
+        return created
     finally:
         await admin.close()
 
