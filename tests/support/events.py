@@ -4,6 +4,7 @@ their effects with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from turnout_events.envelope import Envelope, EventData
 from turnout_events.samples import sample_envelope
-from turnout_events.serde import encode
+from turnout_events.serde import encode, headers_for
 
 
 def event(model: type[EventData], *, occurred_at: datetime | None = None,
@@ -24,24 +25,29 @@ def event(model: type[EventData], *, occurred_at: datetime | None = None,
 
 
 async def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> None:
-    """Publish as the other services' relays do: keyed by the event's partition key."""
+    """Publish as the services' relays do: keyed by the event's partition key, with the
+    same headers."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=True)
     await producer.start()
     try:
         for envelope in envelopes:
             await producer.send_and_wait(topic, value=encode(envelope),
-                                         key=envelope.key.encode())
+                                         key=envelope.key.encode(),
+                                         headers=headers_for(envelope))
     finally:
         await producer.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], *, what: str,
+async def eventually(check: Callable[[], Awaitable[Any] | Any], *, what: str,
                      timeout: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy; fail after the deadline."""
+    """Poll `check` (plain or async) until it returns something truthy; fail after the
+    deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:

@@ -3,21 +3,21 @@ contacts events produced onto the test's topics; ballots created and opened over
 
 from __future__ import annotations
 
-import asyncio
-import time
+import functools
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
 from turnout_ballots.db.tables import member_replica
 
+from tests.support.events import eventually as eventually_within
+from tests.support.events import produce as produce_envelopes
 from tests.support.kafka import read_to_end
 from tests.support.outbox import outbox_drained
 from turnout_events.envelope import Envelope, EventData
-from turnout_events.serde import decode, encode, headers_for
+from turnout_events.serde import decode
 from turnout_events.tables import inbox
 
 
@@ -50,28 +50,12 @@ async def produce(bootstrap: str, topic: str, payloads: Iterable[EventData | Env
     """Publish events as their producer would (same key, same headers); returns them."""
     envelopes = [p if isinstance(p, Envelope) else Envelope.wrap(p, actor=actor)
                  for p in payloads]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            await producer.send_and_wait(topic, value=encode(envelope),
-                                         key=envelope.key.encode(),
-                                         headers=headers_for(envelope))
-    finally:
-        await producer.stop()
+    await produce_envelopes(bootstrap, topic, envelopes)
     return envelopes
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, what: str) -> Any:
-    """Wait for an async `check` to return something truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+# The ballots tests wait at most 30 s for an effect.
+eventually = functools.partial(eventually_within, timeout=30.0)
 
 
 def ballot_body(*, groups=(), branches=("B1",), threshold: float | None = 0.5,

@@ -10,12 +10,10 @@ consumed, so "caught up" is that sum reaching the number of records published.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -29,6 +27,7 @@ from turnout_reporting.synthetic import SyntheticBallot, generate_ballot
 
 from services.reporting.tests.events import as_envelope, publish, shuffled
 from services.reporting.tests.test_projection import numbers
+from tests.support.events import eventually
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
 from turnout_events.relay import asyncpg_dsn
@@ -64,10 +63,7 @@ async def consumed(conn: asyncpg.Connection, group: str) -> int:
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], what: str, *,
                    timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting {what}"
-        await asyncio.sleep(0.02)  # polling interval while waiting with a deadline
+    await eventually(condition, what=what.removeprefix("for "), timeout=timeout)
 
 
 async def assert_exact(client: httpx.AsyncClient, headers: dict,

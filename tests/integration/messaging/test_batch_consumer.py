@@ -3,8 +3,6 @@ failing events dead-lettered without holding back the rest."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import pytest
@@ -13,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.support.events import eventually
 from tests.support.kafka import read_to_end
 from turnout_events.ballots import Voted
 from turnout_events.consumer import subscribe_event_batches
@@ -60,14 +59,6 @@ class BatchRecorder:
             return (await conn.execute(query)).scalar_one()
 
 
-async def wait_for(predicate, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_batches_apply_each_event_once_and_isolate_failures(engine, topics,
                                                                   kafka_bootstrap):
     recorder = BatchRecorder(engine)
@@ -94,7 +85,7 @@ async def test_batches_apply_each_event_once_and_isolate_failures(engine, topics
 
     await broker.start()
     try:
-        await wait_for(lambda: _ge(recorder.applied(), 1000), timeout=60,
+        await eventually(lambda: applied_at_least(recorder, 1000), timeout=60,
                        what="1000 events applied")
         dead = []
 
@@ -102,7 +93,7 @@ async def test_batches_apply_each_event_once_and_isolate_failures(engine, topics
             dead[:] = await read_to_end(kafka_bootstrap, [topics.dead_letter])
             return len(dead) >= 2
 
-        await wait_for(two_dead_letters, timeout=30, what="two dead letters")
+        await eventually(two_dead_letters, timeout=30, what="two dead letters")
     finally:
         await broker.stop()
     assert await recorder.applied() == 1000
@@ -112,5 +103,5 @@ async def test_batches_apply_each_event_once_and_isolate_failures(engine, topics
     assert max(recorder.batches) > 1, "events were not handed over in batches"
 
 
-async def _ge(coro, n: int) -> bool:
-    return (await coro) >= n
+async def applied_at_least(recorder: BatchRecorder, n: int) -> bool:
+    return await recorder.applied() >= n

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import pytest
@@ -12,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.support.events import eventually
 from tests.support.kafka import read_until
 from turnout_events.ballots import Voted
 from turnout_events.consumer import subscribe_events
@@ -58,14 +57,6 @@ class Recorder:
             return (await conn.execute(query)).scalar_one()
 
 
-async def wait_for(predicate, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -100,7 +91,7 @@ async def test_a_redelivered_event_has_no_second_effect(consumer, topics, kafka_
     await produce(kafka_bootstrap, topics.events("ballots"),
                   [(key, encode(first)), (key, encode(first)),
                    (str(other.key).encode(), encode(other))])
-    await wait_for(lambda: len(consumer.deliveries) == 3, timeout=60,
+    await eventually(lambda: len(consumer.deliveries) == 3, timeout=60,
                    what="three deliveries")
     assert consumer.deliveries.count(first.id) == 2
     assert await consumer.effect_count() == 2
@@ -115,7 +106,7 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_next_is_proc
     bad_payload = encode(good).replace(str(member).encode(), b"07700 900123")
     await produce(kafka_bootstrap, topics.events("ballots"),
                   [(key, not_json), (key, bad_payload), (key, encode(good))])
-    await wait_for(lambda: good.id in consumer.deliveries, timeout=60,
+    await eventually(lambda: good.id in consumer.deliveries, timeout=60,
                    what="the good event after two bad ones")
     assert await consumer.effect_count() == 1
 
@@ -147,6 +138,6 @@ async def test_unknown_event_types_are_ignored_without_dead_lettering(
     key = str(member).encode()
     await produce(kafka_bootstrap, topics.events("ballots"),
                   [(key, encode(future)), (key, encode(newer)), (key, encode(good))])
-    await wait_for(lambda: good.id in consumer.deliveries, timeout=60, what="the known event")
+    await eventually(lambda: good.id in consumer.deliveries, timeout=60, what="the known event")
     assert consumer.deliveries == [good.id]
     assert await read_until(kafka_bootstrap, [topics.dead_letter], count=0, timeout=2) == []

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.support.events import eventually
 from tests.support.kafka import read_until
 from turnout_events.envelope import Envelope
 from turnout_events.outbox import add_events
@@ -44,14 +45,6 @@ async def write_in_transactions(engine, envelopes, topics, per_tx: int = 50) -> 
     for i in range(0, len(envelopes), per_tx):
         async with engine.begin() as conn:
             await add_events(conn, envelopes[i:i + per_tx], topics)
-
-
-async def wait_for(predicate, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def assert_exactly_once_in_order(records, envelopes) -> None:
@@ -88,7 +81,7 @@ async def test_relay_publishes_committed_events_in_order_per_key(engine, topics,
         await write_in_transactions(engine, envelopes, topics)
         records = await read_until(kafka_bootstrap, [topics.events("ballots")], count=300)
         assert_exactly_once_in_order(records, envelopes)
-        await wait_for(lambda: _is_zero(unpublished(engine)), timeout=30,
+        await eventually(lambda: drained(engine), timeout=30,
                        what="every outbox row marked published")
     finally:
         await relay.stop()
@@ -130,7 +123,7 @@ async def test_broker_down_before_writes_then_back_delivers_exactly_once(
         # The state changes keep committing while the broker is away.
         await write_in_transactions(engine, envelopes, topics)
         assert await unpublished(engine) == 1000
-        await wait_for(lambda: _true(relay.publish_failures >= 3), timeout=30,
+        await eventually(lambda: relay.publish_failures >= 3, timeout=30,
                        what="the relay to try (and fail) to reach the stopped broker")
         # No busy loop while down: attempts are spaced by the backoff (>= 0.16 s at first,
         # doubling up to 2 s), so only a handful of attempts fit in the time it was down.
@@ -143,7 +136,7 @@ async def test_broker_down_before_writes_then_back_delivers_exactly_once(
         records = await read_until(kafka_bootstrap, [topics.events("ballots")], count=1000,
                                    timeout=90)
         assert_exactly_once_in_order(records, envelopes)
-        await wait_for(lambda: _is_zero(unpublished(engine)), timeout=30,
+        await eventually(lambda: drained(engine), timeout=30,
                        what="the backlog to drain")
     finally:
         await relay.stop()
@@ -161,7 +154,7 @@ async def test_two_relays_never_publish_a_row_twice(engine, topics, kafka_bootst
     second.start()
     try:
         await write_in_transactions(engine, envelopes[:600], topics)
-        await wait_for(lambda: _true(first.published + second.published >= 300), timeout=60,
+        await eventually(lambda: first.published + second.published >= 300, timeout=60,
                        what="publishing to start")
         # The leader goes away mid-stream; the standby takes over where it stopped.
         leader = first if first.is_leader else second
@@ -170,7 +163,7 @@ async def test_two_relays_never_publish_a_row_twice(engine, topics, kafka_bootst
         records = await read_until(kafka_bootstrap, [topics.events("ballots")], count=1200,
                                    timeout=90)
         assert_exactly_once_in_order(records, envelopes)
-        await wait_for(lambda: _is_zero(unpublished(engine)), timeout=30,
+        await eventually(lambda: drained(engine), timeout=30,
                        what="every row marked published")
         assert first.published + second.published == 1200
     finally:
@@ -178,9 +171,5 @@ async def test_two_relays_never_publish_a_row_twice(engine, topics, kafka_bootst
         await second.stop()
 
 
-async def _is_zero(coro) -> bool:
-    return (await coro) == 0
-
-
-async def _true(value: bool) -> bool:
-    return value
+async def drained(engine) -> bool:
+    return await unpublished(engine) == 0
