@@ -26,6 +26,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
+from .serde import event_headers
 from .tables import OUTBOX_CHANNEL
 
 log = structlog.get_logger("turnout.relay")
@@ -187,13 +188,8 @@ class OutboxRelay:
         producer = await self._ensure_producer()
         futures = []
         for r in rows:
-            headers = [
-                ("event-id", str(r["event_id"]).encode()),
-                ("event-type", r["event_type"].encode()),
-                ("event-version", str(r["event_version"]).encode()),
-            ]
-            if r["correlation_id"]:
-                headers.append(("correlation-id", r["correlation_id"].encode()))
+            headers = event_headers(r["event_id"], r["event_type"], r["event_version"],
+                                    r["correlation_id"])
             futures.append(await producer.send(
                 r["topic"], value=bytes(r["payload"]), key=r["key"].encode(), headers=headers))
         # Every row acknowledged (acks=all) before any is marked.

@@ -47,11 +47,17 @@ def describe_validation_error(what: str, exc: ValidationError) -> str:
 
 def headers_for(envelope: Envelope) -> list[tuple[str, bytes]]:
     """Headers let consumers route and filter without parsing the body."""
+    return event_headers(envelope.id, envelope.type, envelope.version, envelope.correlation_id)
+
+
+def event_headers(event_id: object, event_type: str, version: int,
+                  correlation_id: str | None) -> list[tuple[str, bytes]]:
+    """The same headers from their parts (the relay has them as outbox columns)."""
     headers = [
-        ("event-id", str(envelope.id).encode()),
-        ("event-type", envelope.type.encode()),
-        ("event-version", str(envelope.version).encode()),
+        ("event-id", str(event_id).encode()),
+        ("event-type", event_type.encode()),
+        ("event-version", str(version).encode()),
     ]
-    if envelope.correlation_id:
-        headers.append(("correlation-id", envelope.correlation_id.encode()))
+    if correlation_id:
+        headers.append(("correlation-id", correlation_id.encode()))
     return headers
