@@ -19,25 +19,10 @@ from turnout_events.common import Placement
 from ..db.tables import member_replica
 
 
-async def apply_placement(session: AsyncSession, member_id: uuid.UUID, member_version: int,
-                          placement: Placement) -> bool:
-    """Record a placement unless a later one is already held. True if it was applied."""
-    values = {"member_id": member_id, "member_version": member_version,
-              **placement.model_dump()}
-    new = insert(member_replica).values(**values)
-    upsert = new.on_conflict_do_update(
-        index_elements=["member_id"],
-        set_={**{k: new.excluded[k] for k in values if k != "member_id"},
-              "updated_at": sa.func.now()},
-        where=member_replica.c.member_version < new.excluded.member_version,
-    ).returning(member_replica.c.member_id)
-    return (await session.scalar(upsert)) is not None
-
-
 async def apply_placements(session: AsyncSession,
                            changes: list[tuple[uuid.UUID, int, Placement]]) -> int:
-    """A batch of placements in one statement: per member the highest version in the
-    batch, then the same `higher version wins` upsert. Returns rows changed."""
+    """Record a batch of placements in one statement: per member the highest version in
+    the batch, upserted unless a later version is already held. Returns rows changed."""
     latest: dict[uuid.UUID, tuple[int, Placement]] = {}
     for member_id, version, placement in changes:
         held = latest.get(member_id)

@@ -19,7 +19,6 @@ necessarily in order (a replay, a relay that was down while another was not). So
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import TypeAlias
 
 import sqlalchemy as sa
@@ -27,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
 from turnout_events.envelope import Envelope
-from turnout_events.inbox import claim, claim_many
+from turnout_events.inbox import claim_many
 
 from ..context import ContactsContext
 from ..db.tables import vote_status
@@ -35,24 +34,6 @@ from ..db.tables import vote_status
 CONSUMER = "contacts.vote-status"
 
 BallotMemberEvent: TypeAlias = MemberEnrolled | Voted | VoteRetracted
-
-
-async def apply_ballot_event(ctx: ContactsContext, envelope: Envelope,
-                             event: BallotMemberEvent) -> bool:
-    """Apply one ballots event to the vote status; False when it was already applied."""
-    async with ctx.uow(causation_id=envelope.id) as uow:
-        if not await claim(uow.session, CONSUMER, envelope.id):
-            return False
-        if isinstance(event, MemberEnrolled):
-            await uow.session.execute(_enrol(event.ballot_id, event.member_id))
-        elif isinstance(event, Voted):
-            await uow.session.execute(_set_voted(event.ballot_id, event.member_id, True,
-                                                 max(envelope.occurred_at, event.voted_at)))
-        else:
-            await uow.session.execute(_set_voted(event.ballot_id, event.member_id, False,
-                                                 envelope.occurred_at))
-        await uow.commit()
-    return True
 
 
 async def apply_ballot_events(ctx: ContactsContext,
@@ -107,28 +88,5 @@ def _set_voted_many(rows: list[dict]) -> sa.Executable:
     return stmt.on_conflict_do_update(
         index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
         set_={"voted": stmt.excluded.voted, "voted_changed_at": incoming,
-              "updated_at": sa.func.now()},
-        where=newer)
-
-
-def _enrol(ballot_id: uuid.UUID, member_id: uuid.UUID) -> sa.Executable:
-    stmt = insert(vote_status).values(ballot_id=ballot_id, member_id=member_id, enrolled=True)
-    return stmt.on_conflict_do_update(
-        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
-        set_={"enrolled": True, "updated_at": sa.func.now()},
-        where=vote_status.c.enrolled.is_(False))
-
-
-def _set_voted(ballot_id: uuid.UUID, member_id: uuid.UUID, voted: bool,
-               changed_at: datetime) -> sa.Executable:
-    stmt = insert(vote_status).values(ballot_id=ballot_id, member_id=member_id,
-                                      enrolled=False, voted=voted, voted_changed_at=changed_at)
-    current = vote_status.c.voted_changed_at
-    newer = sa.or_(current.is_(None), current < stmt.excluded.voted_changed_at)
-    if not voted:  # a retraction wins a tie (see the module docstring)
-        newer = sa.or_(newer, current == stmt.excluded.voted_changed_at)
-    return stmt.on_conflict_do_update(
-        index_elements=[vote_status.c.ballot_id, vote_status.c.member_id],
-        set_={"voted": stmt.excluded.voted, "voted_changed_at": stmt.excluded.voted_changed_at,
               "updated_at": sa.func.now()},
         where=newer)
