@@ -8,7 +8,7 @@ event topics (they keep everything).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = sa.MetaData()
 
@@ -113,4 +113,19 @@ turnout_hourly = sa.Table(
     *_unit_columns(),
     sa.Column("hour", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("votes", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# What each committed batch changed, per ballot (projections/changes.py): the live
+# stream's source and its replay log for clients resuming with Last-Event-ID. Pruned to
+# the latest rows; it is a feed, not a history.
+turnout_changes = sa.Table(
+    "turnout_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("ballot_id", UUID(as_uuid=True), nullable=False),
+    # {"rows": [turnout rows after the batch], "hours": [hourly buckets after it]}
+    sa.Column("changes", JSONB, nullable=False),
+    sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Index("turnout_changes_ballot_seq", "ballot_id", "seq"),
 )

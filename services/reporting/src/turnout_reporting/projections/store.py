@@ -18,6 +18,7 @@ import asyncpg
 
 from turnout_events.envelope import Envelope, EventData
 
+from .changes import record_changes
 from .fold import COUNTS, BallotMemberState, Enrolments, FoldResult, MemberState, fold
 
 
@@ -189,12 +190,14 @@ async def write_result(conn: asyncpg.Connection, result: FoldResult) -> None:
             "closed_at = COALESCE(excluded.closed_at, ballots.closed_at)",
             ballot_id, info.get("name"), info.get("kind"), info.get("turnout_threshold"),
             info.get("opens_at"), info.get("closes_at"), info.get("closed_at"), opened)
+    turnout_rows: list[asyncpg.Record] = []
+    hourly_rows: list[asyncpg.Record] = []
     if result.deltas:
         # Sorted, so two instances folding at once lock shared rows (national, groups)
         # in the same order and cannot deadlock each other.
         keys = sorted(result.deltas)
         columns = ", ".join(COUNTS)
-        await conn.execute(
+        turnout_rows = await conn.fetch(
             f"INSERT INTO turnout (ballot_id, level, group_code, branch_code, workplace_code, "
             f"{columns}) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], "
             f"$5::text[], "
@@ -202,16 +205,17 @@ async def write_result(conn: asyncpg.Connection, result: FoldResult) -> None:
             + ") ON CONFLICT (ballot_id, level, group_code, branch_code, workplace_code) "
             "DO UPDATE SET "
             + ", ".join(f"{c} = turnout.{c} + excluded.{c}" for c in COUNTS)
-            + ", updated_at = now()",
+            + ", updated_at = now() RETURNING *",
             *([k[i] for k in keys] for i in range(5)),
             *([result.deltas[k][i] for k in keys] for i in range(len(COUNTS))))
     if result.hourly:
         hours = sorted(result.hourly)
-        await conn.execute(
+        hourly_rows = await conn.fetch(
             "INSERT INTO turnout_hourly (ballot_id, level, group_code, branch_code, "
             "workplace_code, hour, votes) SELECT * FROM unnest($1::uuid[], $2::text[], "
             "$3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bigint[]) "
             "ON CONFLICT (ballot_id, level, group_code, branch_code, workplace_code, hour) "
-            "DO UPDATE SET votes = turnout_hourly.votes + excluded.votes",
+            "DO UPDATE SET votes = turnout_hourly.votes + excluded.votes RETURNING *",
             *([unit[i] for unit, _ in hours] for i in range(5)),
             [hour for _, hour in hours], [result.hourly[k] for k in hours])
+    await record_changes(conn, turnout_rows, hourly_rows, sorted(result.ballots))
