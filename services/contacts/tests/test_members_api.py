@@ -129,6 +129,21 @@ async def test_moving_a_member_publishes_member_moved(contacts_app, tokens, topi
     assert bad.status_code == 422
 
 
+async def test_a_rep_moving_a_member_out_of_their_branches_gets_204(contacts_app, tokens,
+                                                                     topics, kafka_bootstrap):
+    """The move is done and published; the member is simply no longer the rep's to read
+    (was a 500: the route had no body to answer with)."""
+    member_id = await seed_member(ctx_of(contacts_app), branch="B1")
+    rep = tokens("rep", branches=["B1"])
+    response = await contacts_app.patch(f"/v1/members/{member_id}/placement",
+                                        json={"branch_code": "B2"}, headers=rep)
+    assert response.status_code == 204, response.text
+    [record] = await published(contacts_app, kafka_bootstrap, topics)
+    assert decode(record.value).data["placement"]["branch_code"] == "B2"
+    gone = await contacts_app.get(f"/v1/members/{member_id}", headers=rep)
+    assert gone.status_code == 404
+
+
 async def test_do_not_contact_withdraws_consent(contacts_app, tokens, topics, kafka_bootstrap):
     member_id = await seed_member(ctx_of(contacts_app), sms_consent=True, email_consent=True)
     rep = tokens("rep", branches=["B1"])

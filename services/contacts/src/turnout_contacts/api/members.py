@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from turnout_events.contacts import ConversationChannel, ConversationOutcome
@@ -118,7 +118,9 @@ async def patch_contact(member_id: uuid.UUID, body: ContactPatch, ctx: Ctx,
     return await queries.get_member(ctx, caller, member_id)
 
 
-@router.patch("/members/{member_id}/placement", response_model=MemberOut)
+@router.patch("/members/{member_id}/placement", response_model=MemberOut, responses={
+    204: {"description": "Moved out of the caller's scope: done, and no longer theirs to "
+                         "read."}})
 async def patch_placement(member_id: uuid.UUID, body: PlacementPatch, ctx: Ctx,
                           caller: CurrentCaller) -> Any:
     _people_only(caller)
@@ -136,7 +138,7 @@ async def patch_placement(member_id: uuid.UUID, body: PlacementPatch, ctx: Ctx,
     try:
         return await queries.get_member(ctx, caller, member_id)
     except Problem:
-        return None
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/members/{member_id}/conversations", response_model=ConversationOut,
