@@ -5,11 +5,14 @@ service to have applied them."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +59,16 @@ class FakeContacts:
     textable: dict[uuid.UUID, tuple[str, str | None]] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
     callers: list[str] = field(default_factory=list)
+    # Answer for every id asked with a number made from it (benchmarks: a million
+    # members would not fit in `textable`).
+    everyone: bool = False
+    # Awaited with the ids asked before answering: a test's chance to make something
+    # happen between the dispatcher's batch re-check and its sends.
+    on_call: Callable[[list[uuid.UUID]], Awaitable[None]] | None = None
+
+
+def made_up_mobile(member_id: uuid.UUID) -> str:
+    return f"+447700{member_id.int % 1_000_000:06d}"
 
 
 def _free_port() -> int:
@@ -83,9 +96,13 @@ async def fake_contacts_server() -> AsyncIterator[FakeContacts]:
             raise HTTPException(422)
         state.calls.append(asked)
         state.callers.append(caller.actor)
+        if state.on_call is not None:
+            await state.on_call([uuid.UUID(m) for m in asked])
         items = []
         for raw in asked:
-            found = state.textable.get(uuid.UUID(raw))
+            member_id = uuid.UUID(raw)
+            found = (made_up_mobile(member_id), "Sam") if state.everyone \
+                else state.textable.get(member_id)
             if found:
                 items.append({"member_id": raw, "mobile": found[0], "first_name": found[1]})
         return {"items": items}
@@ -196,3 +213,63 @@ async def seed_ballot(client, bootstrap: str, topics, contacts: FakeContacts,
     await produce(bootstrap, topics.events("notifications"), own_events)
     await applied(client.app.state.ctx, [*ballot_events, *contact_events, *own_events])
     return SeededBallot(ballot_id, ids, mobiles)
+
+
+# -- logs, as written --------------------------------------------------------------------
+
+@contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    """Every log record (ours, the libraries') rendered as JSON BEFORE redaction, so a
+    test sees what code tried to log, not what the redaction let through. The run's
+    log guard is put back by its fixture before the next test."""
+    from turnout_kit.logging import configure_logging
+
+    lines: list[str] = []
+
+    def keep(_logger, _method, event_dict):
+        lines.append(json.dumps(event_dict, default=str))
+        return event_dict
+
+    configure_logging("tests", "INFO", json=True, stream=io.StringIO(),
+                      levels={"turnout": "DEBUG"}, inspect=[keep])
+    yield lines
+
+
+# -- a dispatcher in a process of its own, to be killed mid-send ---------------------------
+
+def dispatcher_process_args(settings, *, now: datetime, fault: str) -> list[str]:
+    """The command running `_dispatch_until_killed` in a new Python process."""
+    config = {"settings": {k: settings.model_dump(mode="json")[k] for k in (
+        "database_url", "kafka_bootstrap_servers", "topic_namespace", "topic_partitions",
+        "contacts_url", "provider_rate_per_second")},
+        "now": now.isoformat(), "fault": fault}
+    return [sys.executable, "-c",
+            "import sys; from services.notifications.tests.support import "
+            "_dispatch_until_killed as run; run(sys.argv[1])", json.dumps(config)]
+
+
+def _dispatch_until_killed(raw: str) -> None:
+    """One dispatcher round against the test's database, with the sandbox stalling
+    in the provider call (`fault`): the process stays inside the call until killed."""
+    from turnout_notifications.context import NotificationsContext
+    from turnout_notifications.providers.sandbox import SandboxFault, SandboxProvider
+    from turnout_notifications.service.channels import ContactChannels
+    from turnout_notifications.service.dispatcher import Dispatcher
+    from turnout_notifications.settings import NotificationsSettings
+
+    from turnout_kit.db import create_engine, session_factory
+
+    config = json.loads(raw)
+    settings = NotificationsSettings(**config["settings"], dispatcher_enabled=False)
+    now = datetime.fromisoformat(config["now"])
+
+    async def main() -> None:
+        ctx = NotificationsContext.from_settings(settings, clock=lambda: now)
+        ctx.engine = create_engine(settings.database_url)
+        ctx.sessions = session_factory(ctx.engine)
+        provider = SandboxProvider(ctx.sessions, ctx.clock)
+        provider.fault = SandboxFault(config["fault"])
+        await Dispatcher(ctx, provider, ContactChannels(settings)).run_once()
+        raise SystemExit("the provider call returned; it was meant to stall")
+
+    asyncio.run(main())

@@ -1,4 +1,5 @@
-"""Creating and steering campaigns over HTTP: validation, scope, pause/resume/cancel."""
+"""Campaigns over HTTP: creating (validation, scope), steering (pause/resume/cancel),
+listing, and who reads which counts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from services.notifications.tests.support import CLOSES_AT, T0, Member, seed_ballot
+from services.notifications.tests.support import (
+    CLOSES_AT,
+    T0,
+    Member,
+    deliver,
+    event,
+    seed_ballot,
+)
+from turnout_events.ballots import Voted
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +153,122 @@ async def test_pause_resume_cancel(notifications_app, ballot, tokens, clock):
     assert (await notifications_app.post(f"{path}:pause",
                                          headers=tokens("organiser", groups=["G1"]))
             ).status_code == 404  # an organiser may only steer campaigns of their groups
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+async def test_listing_shows_each_caller_the_campaigns_in_their_scope(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts, {
+        "ann": Member(group="G1", branch="B1"), "bob": Member(group="G1", branch="B2"),
+        "cat": Member(group="G2", branch="B3")})
+    other = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                              {"dan": Member(group="G1", branch="B1")})
+
+    async def create(ballot, headers, **audience) -> str:
+        response = await notifications_app.post(
+            "/v1/campaigns", json=campaign(ballot.ballot_id, audience=audience),
+            headers=headers)
+        assert response.status_code == 201, response.text
+        return response.json()["campaign_id"]
+
+    national, organiser = tokens("national"), tokens("organiser", groups=["G1"])
+    everyone = await create(seeded, national)
+    g1 = await create(seeded, organiser, group_codes=["G1"])
+    b3 = await create(seeded, national, branch_codes=["B3"])
+    g2_workplace = await create(seeded, national, group_codes=["G2"], workplace_codes=["W1"])
+    elsewhere = await create(other, national)
+    paused = await notifications_app.post(f"/v1/campaigns/{b3}:pause", headers=national)
+    assert paused.status_code == 200
+
+    async def listed(headers, **params) -> list[str]:
+        response = await notifications_app.get("/v1/campaigns", params=params,
+                                               headers=headers)
+        assert response.status_code == 200, response.text
+        return [c["campaign_id"] for c in response.json()["items"]]
+
+    # Newest first.
+    assert await listed(national) == [elsewhere, g2_workplace, b3, g1, everyone]
+    assert await listed(national, ballot_id=str(seeded.ballot_id)) == [
+        g2_workplace, b3, g1, everyone]
+    assert await listed(national, ballot_id=str(seeded.ballot_id), status="paused") == [b3]
+    # An organiser: the campaigns of their groups, not the national one.
+    assert await listed(organiser) == [g1]
+    assert await listed(tokens("organiser", groups=["G3"])) == []
+    # A rep: every campaign whose audience reaches one of their branches, by filter or
+    # by who is on the roll (B3 is G2's: the G2 campaign reaches it, not B1).
+    assert await listed(tokens("rep", branches=["B1"])) == [elsewhere, g1, everyone]
+    assert await listed(tokens("rep", branches=["B3"])) == [g2_workplace, b3, everyone]
+    assert await listed(tokens("rep", branches=["B9"])) == []
+    assert await listed(tokens("service")) == []
+
+    # A page at a time.
+    page = await notifications_app.get("/v1/campaigns", params={"limit": 2}, headers=national)
+    first = page.json()
+    assert [c["campaign_id"] for c in first["items"]] == [elsewhere, g2_workplace]
+    assert first["items"][0]["slots"][0]["spec"] == "P3D"
+    rest = await notifications_app.get("/v1/campaigns", headers=national, params={
+        "limit": 2, "cursor": first["next_cursor"]})
+    second = rest.json()
+    assert [c["campaign_id"] for c in second["items"]] == [b3, g1]
+    last = await notifications_app.get("/v1/campaigns", headers=national, params={
+        "limit": 2, "cursor": second["next_cursor"]})
+    assert ([c["campaign_id"] for c in last.json()["items"]], last.json()["next_cursor"]) == (
+        [everyone], None)
+
+    for params, field in [({"status": "finished"}, "status"), ({"cursor": "bm9wZQ"}, "cursor"),
+                          ({"ballot_id": "not-a-uuid"}, "ballot_id"), ({"limit": 0}, "limit")]:
+        bad = await notifications_app.get("/v1/campaigns", params=params, headers=national)
+        assert bad.status_code == 422, (params, bad.text)
+        assert any(e["field"].endswith(field) for e in bad.json()["errors"]), bad.json()
+    assert (await notifications_app.get("/v1/campaigns")).status_code == 401
+
+
+# -- a rep's counts -----------------------------------------------------------------------------
+
+async def test_a_rep_reads_the_counts_of_their_branches_only(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts, {
+        "ann": Member(branch="B1"), "abe": Member(branch="B1"),
+        "amy": Member(branch="B1", voted=True), "bob": Member(branch="B2"),
+        "bea": Member(branch="B2", sms_consent=False), "ben": Member(branch="B2"),
+        "cat": Member(group="G2", branch="B3", has_mobile=False)})
+    created = await notifications_app.post(
+        "/v1/campaigns", json=campaign(seeded.ballot_id, schedule=["P3D", "P1D"]),
+        headers=tokens("national"))
+    path = f"/v1/campaigns/{created.json()['campaign_id']}"
+    dispatcher = notifications_app.app.state.ctx.dispatcher
+
+    async def counts(headers) -> tuple[dict, list[str] | None]:
+        response = await notifications_app.get(path, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["counts"], response.json()["counts_branch_codes"]
+
+    def skipped(**n) -> dict:
+        return {"voted": 0, "no_consent": 0, "no_mobile": 0, "capped": 0, "opted_out": 0,
+                "quiet_hours_deferred": 0, **n}
+
+    # Selected, nothing sent yet: B1 has two waiting and one who voted.
+    assert await dispatcher.select_due() == 1
+    rep_b1 = tokens("rep", branches=["B1"])
+    assert await counts(rep_b1) == ({"queued": 2, "sent": 0, "delivered": 0, "failed": 0,
+                                     "cancelled": 0, "skipped": skipped(voted=1)}, ["B1"])
+    # Bob votes before his text: counted for B2, not for B1.
+    await deliver(notifications_app, kafka_bootstrap, topics, "ballots", [
+        event(Voted, ballot_id=seeded.ballot_id, member_id=seeded.ids["bob"],
+              voted_at=T0.isoformat(), occurred_at=T0)])
+    assert await dispatcher.send_queued() == 3
+
+    assert await counts(rep_b1) == ({"queued": 0, "sent": 2, "delivered": 0, "failed": 0,
+                                     "cancelled": 0, "skipped": skipped(voted=1)}, ["B1"])
+    assert await counts(tokens("rep", branches=["B2", "B3"])) == (
+        {"queued": 0, "sent": 1, "delivered": 0, "failed": 0, "cancelled": 0,
+         "skipped": skipped(voted=1, no_consent=1, no_mobile=1)}, ["B2", "B3"])
+    assert await counts(tokens("national")) == (
+        {"queued": 0, "sent": 3, "delivered": 0, "failed": 0, "cancelled": 0,
+         "skipped": skipped(voted=2, no_consent=1, no_mobile=1)}, None)
+    # A rep of a branch the campaign does not reach: no such campaign.
+    hidden = await notifications_app.get(path, headers=tokens("rep", branches=["B9"]))
+    assert hidden.status_code == 404
+    # Reading is not steering.
+    assert (await notifications_app.post(f"{path}:pause", headers=rep_b1)).status_code == 403

@@ -1,19 +1,27 @@
 """Sending reminders: exactly to the members who should get one, never at night, never to
-someone who voted a second ago, and with nothing personal in the events."""
+someone who voted a second ago, never twice (an outage, two campaigns, two dispatchers),
+never after the ballot closed, and with nothing personal in any event or log line."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from turnout_notifications.db.tables import messages, sandbox_messages
+from turnout_notifications.providers.sandbox import SandboxFault, SandboxProvider
+from turnout_notifications.service.channels import ContactChannels
+from turnout_notifications.service.dispatcher import Dispatcher, limiter_for
 
 from services.notifications.tests.support import (
     CLOSES_AT,
     T0,
     Member,
+    captured_logs,
     deliver,
     event,
     eventually,
@@ -215,34 +223,325 @@ async def test_the_dispatcher_runs_by_itself_in_the_service(
                                         .select_from(sandbox_messages)) == 1
 
 
-class Flaky:
-    """The sandbox behind a provider that is down for the first `failures` calls."""
+# -- a generated ballot ---------------------------------------------------------------------
 
-    def __init__(self, inner, failures: int) -> None:
-        self.inner, self.failures, self.name = inner, failures, inner.name
-
-    async def send(self, **kwargs):
-        from turnout_notifications.providers.base import TransientProviderError
-
-        if self.failures > 0:
-            self.failures -= 1
-            raise TransientProviderError("HTTP 503")
-        return await self.inner.send(**kwargs)
+def generated_member(i: int) -> Member:
+    """Member i of a generated ballot: rules that overlap, so the order in which the
+    reasons apply matters (voted first, then opted out, no consent, no mobile, capped)."""
+    return Member(first_name=f"M{i}", group="G2" if i % 5 == 0 else "G1",
+                  branch=f"B{i % 3}", workplace="WX" if i % 19 == 5 else "W1",
+                  voted=i % 6 == 0, sms_consent=i % 7 != 1, has_mobile=i % 9 != 2,
+                  opted_out=i % 13 == 3,
+                  # Contacts withdrew the consent since: the flags here still say yes.
+                  textable=False if i % 17 == 4 else None)
 
 
-async def test_a_provider_outage_delays_but_never_doubles(
+def left_out(m: Member, *, texted_today: bool) -> str | None:
+    if m.voted:
+        return "voted"
+    if m.opted_out:
+        return "opted_out"
+    if not m.sms_consent:
+        return "no_consent"
+    if not m.has_mobile:
+        return "no_mobile"
+    if texted_today:
+        return "capped"
+    return None
+
+
+async def test_a_campaign_over_a_generated_ballot_texts_exactly_the_right_members(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    members = {f"m{i}": generated_member(i) for i in range(520)}
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               members)
+    dispatcher = ctx_of(notifications_app).dispatcher
+
+    # Three hours earlier a campaign to workplace WX: its recipients are capped today.
+    clock.set(T0 - timedelta(hours=3))
+    earlier = await create(notifications_app, tokens, seeded.ballot_id,
+                           schedule=[clock.now.isoformat()],
+                           audience={"workplace_codes": ["WX"]})
+    await dispatcher.run_once()
+    texted_earlier = {name for name, m in members.items() if m.workplace == "WX"
+                      and left_out(m, texted_today=False) is None and m.textable is None}
+    assert await sent_to(notifications_app, earlier) == {seeded.ids[n] for n in texted_earlier}
+
+    clock.set(T0)
+    campaign = await create(notifications_app, tokens, seeded.ballot_id,
+                            audience={"group_codes": ["G1"]})
+    while (await dispatcher.run_once())["messages_sent"]:
+        pass
+
+    expected: Counter[str | None] = Counter()
+    recipients = set()
+    for name, m in members.items():
+        if m.group != "G1":
+            continue
+        reason = left_out(m, texted_today=name in texted_earlier)
+        if reason is None and m.textable is False:
+            reason = "no_consent"  # found out when contacts would not give the number
+        expected[reason] += 1
+        if reason is None:
+            recipients.add(seeded.ids[name])
+    assert len(recipients) > 200  # more than one batch
+    assert await sent_to(notifications_app, campaign) == recipients
+    got = await counts(notifications_app, tokens, campaign)
+    assert got == {"queued": 0, "sent": len(recipients), "delivered": 0, "failed": 0,
+                   "cancelled": 0,
+                   "skipped": {"voted": expected["voted"], "no_consent": expected["no_consent"],
+                               "no_mobile": expected["no_mobile"], "capped": expected["capped"],
+                               "opted_out": expected["opted_out"], "quiet_hours_deferred": 0}}
+    assert all(expected[r] > 5 for r in ("voted", "no_consent", "no_mobile", "capped",
+                                         "opted_out"))
+    # One text each on the members' phones, and one reminder-sent event each.
+    async with ctx_of(notifications_app).sessions() as session:
+        assert await session.scalar(sa.select(sa.func.count()).select_from(
+            sandbox_messages)) == len(recipients) + len(texted_earlier)
+    await outbox_drained(ctx_of(notifications_app).engine)
+    records = await read_to_end(kafka_bootstrap, [topics.events("notifications")])
+    reminders = Counter(e.data["member_id"] for e in map(decode, (r.value for r in records))
+                        if e.type == "notifications.reminder-sent"
+                        and e.data["campaign_id"] == campaign)
+    assert reminders == Counter({str(m): 1 for m in recipients})
+
+
+# -- between the choice and the send ----------------------------------------------------------
+
+async def test_a_vote_a_moment_before_the_text_stops_it(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               {"ann": Member(), "bob": Member(), "cat": Member()})
+    campaign = await create(notifications_app, tokens, seeded.ballot_id)
+    dispatcher = ctx_of(notifications_app).dispatcher
+
+    async def ann_votes_now(asked: list[uuid.UUID]) -> None:
+        # The batch has been re-checked and its numbers are being fetched: Ann's vote
+        # lands now, between that re-check and her text.
+        fake_contacts.on_call = None
+        assert seeded.ids["ann"] in asked
+        await deliver(notifications_app, kafka_bootstrap, topics, "ballots", [
+            event(Voted, ballot_id=seeded.ballot_id, member_id=seeded.ids["ann"],
+                  voted_at=T0.isoformat(), occurred_at=T0)])
+
+    fake_contacts.on_call = ann_votes_now
+    assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 2}
+    assert await sent_to(notifications_app, campaign) == {seeded.ids["bob"], seeded.ids["cat"]}
+    got = await counts(notifications_app, tokens, campaign)
+    assert (got["sent"], got["queued"], got["skipped"]["voted"]) == (2, 0, 1)
+
+
+async def test_quiet_hours_beginning_mid_campaign_hold_the_rest_until_morning(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               {"ann": Member(), "bob": Member(), "cat": Member()})
+    clock.set(datetime(2026, 3, 20, 20, 59, 59, tzinfo=UTC))  # a second before 21:00
+    campaign = await create(notifications_app, tokens, seeded.ballot_id,
+                            schedule=[clock.now.isoformat()])
+    dispatcher = ctx_of(notifications_app).dispatcher
+
+    async def nine_pm(_asked) -> None:
+        fake_contacts.on_call = None
+        clock.set(datetime(2026, 3, 20, 21, 0, tzinfo=UTC))
+
+    fake_contacts.on_call = nine_pm
+    assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 0}
+    got = await counts(notifications_app, tokens, campaign)
+    assert (got["queued"], got["sent"], got["skipped"]["quiet_hours_deferred"]) == (3, 0, 3)
+    assert await sandbox(notifications_app, tokens) == []
+
+    clock.set(datetime(2026, 3, 21, 9, 0, tzinfo=UTC))
+    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 3}
+    got = await counts(notifications_app, tokens, campaign)
+    assert (got["queued"], got["sent"], got["skipped"]["quiet_hours_deferred"]) == (0, 3, 3)
+
+
+async def test_nothing_goes_once_the_ballot_has_closed(
         notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
     seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
                                {"ann": Member(), "bob": Member()})
+    clock.set(CLOSES_AT - timedelta(hours=2))
+    campaign = await create(notifications_app, tokens, seeded.ballot_id, schedule=["PT2H"])
+    dispatcher = ctx_of(notifications_app).dispatcher
+
+    async def closing_time(_asked) -> None:
+        fake_contacts.on_call = None
+        clock.set(CLOSES_AT)
+
+    fake_contacts.on_call = closing_time
+    assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 0}
+    got = await counts(notifications_app, tokens, campaign)
+    assert (got["queued"], got["sent"], got["cancelled"]) == (0, 0, 2)
+    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 0}
+    assert await sandbox(notifications_app, tokens) == []
+
+
+# -- never twice ---------------------------------------------------------------------------
+
+async def test_a_provider_outage_mid_campaign_then_recovery_sends_each_text_once(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    members = {f"m{i}": Member(first_name=f"M{i}") for i in range(6)}
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               members)
     campaign = await create(notifications_app, tokens, seeded.ballot_id)
     dispatcher = ctx_of(notifications_app).dispatcher
-    dispatcher.provider = Flaky(dispatcher.provider, failures=2)  # one try each
+    sandbox_provider = dispatcher.provider
+    assert isinstance(sandbox_provider, SandboxProvider)
 
-    assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 0}
-    assert (await counts(notifications_app, tokens, campaign))["queued"] == 2
-    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 0}  # backoff
-    clock.advance(timedelta(minutes=5))
-    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 2}
+    # Two texts go, then the provider takes the third but its answer is lost (a
+    # timeout), and the round stops there: the provider is in trouble.
+    sandbox_provider.fail_after(2, SandboxFault.ANSWER_LOST)
+    assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 2}
     got = await counts(notifications_app, tokens, campaign)
-    assert (got["sent"], got["queued"], got["failed"]) == (2, 0, 0)
-    assert len(await sandbox(notifications_app, tokens)) == 2
+    assert (got["sent"], got["queued"], got["failed"]) == (2, 4, 0)
+    assert len(await sandbox(notifications_app, tokens)) == 3
+
+    # Then it is down altogether: each round tries one text and stops.
+    sandbox_provider.fault = SandboxFault.UNAVAILABLE
+    clock.advance(timedelta(minutes=1))
+    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 0}
+    async with ctx_of(notifications_app).sessions() as session:
+        tried = list((await session.execute(sa.select(messages.c.attempts).where(
+            messages.c.campaign_id == uuid.UUID(campaign)))).scalars())
+    # Two sent, one lost, and one attempt in the outage round (the lost one again or a
+    # fresh one), however they fell.
+    assert sum(tried) == 4 and tried.count(0) in (2, 3)
+
+    # It recovers; after the backoff every text goes, the lost one under its first id.
+    sandbox_provider.fault = None
+    clock.advance(timedelta(minutes=10))
+    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 4}
+    assert await dispatcher.run_once() == {"slots_selected": 0, "messages_sent": 0}
+    got = await counts(notifications_app, tokens, campaign)
+    assert (got["sent"], got["queued"], got["failed"]) == (6, 0, 0)
+    texts = await sandbox(notifications_app, tokens)
+    assert sorted(m["body"].split(",")[0] for m in texts) == sorted(
+        f"Hi M{i}" for i in range(6))
+    async with ctx_of(notifications_app).sessions() as session:
+        provider_ids = set((await session.execute(sa.select(
+            messages.c.provider_message_id).where(
+            messages.c.campaign_id == uuid.UUID(campaign)))).scalars())
+    assert provider_ids == {m["provider_message_id"] for m in texts}
+    await outbox_drained(ctx_of(notifications_app).engine)
+    records = await read_to_end(kafka_bootstrap, [topics.events("notifications")])
+    reminders = Counter(decode(r.value).data["member_id"] for r in records
+                        if decode(r.value).type == "notifications.reminder-sent")
+    assert reminders == Counter({str(m): 1 for m in seeded.ids.values()})
+
+
+async def test_the_daily_cap_holds_across_two_campaigns_and_two_dispatchers(
+        notifications_app, notifications_settings, kafka_bootstrap, topics, fake_contacts,
+        tokens, clock):
+    members = {f"m{i}": Member() for i in range(8)}
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               members)
+    first = await create(notifications_app, tokens, seeded.ballot_id)
+    second = await create(notifications_app, tokens, seeded.ballot_id,
+                          schedule=["P3D", "P1D"])
+    ctx = ctx_of(notifications_app)
+    channels = ContactChannels(notifications_settings)
+    other = Dispatcher(ctx, SandboxProvider(ctx.sessions, ctx.clock), channels)
+    try:
+        # Both campaigns due at once, two dispatchers at work at the same time.
+        rounds = await asyncio.gather(ctx.dispatcher.run_once(), other.run_once())
+    finally:
+        await channels.aclose()
+    assert sum(r["slots_selected"] for r in rounds) == 2
+    assert sum(r["messages_sent"] for r in rounds) == 8
+
+    a = await counts(notifications_app, tokens, first)
+    b = await counts(notifications_app, tokens, second)
+    assert a["sent"] + b["sent"] == 8
+    assert a["skipped"]["capped"] + b["skipped"]["capped"] == 8
+    assert (await sent_to(notifications_app, first)).isdisjoint(
+        await sent_to(notifications_app, second))
+    assert len(await sandbox(notifications_app, tokens)) == 8
+
+    # Not after 23 hours; the second campaign's next slot, two days on, texts everyone.
+    clock.advance(timedelta(hours=23))
+    third = await create(notifications_app, tokens, seeded.ballot_id,
+                         schedule=[clock.now.isoformat()])
+    assert await ctx.dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 0}
+    assert (await counts(notifications_app, tokens, third))["skipped"]["capped"] == 8
+    clock.set(CLOSES_AT - timedelta(days=1))
+    assert await ctx.dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 8}
+    assert len(await sandbox(notifications_app, tokens)) == 16
+
+
+# -- nothing personal anywhere ---------------------------------------------------------------
+
+async def test_no_number_name_or_text_in_any_event_or_log_line(
+        notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    with captured_logs() as lines:
+        seeded = await seed_ballot(
+            notifications_app, kafka_bootstrap, topics, fake_contacts,
+            {"zed": Member(first_name="Zebedee"), "quin": Member(first_name="Quintessa"),
+             "ola": Member(first_name="Olabisi")})
+        campaign = await create(notifications_app, tokens, seeded.ballot_id)
+        dispatcher = ctx_of(notifications_app).dispatcher
+        provider = dispatcher.provider
+        # Every path that logs or publishes: sent, a lost answer, an outage, a retry,
+        # refused for good.
+        provider.fail_after(1, SandboxFault.ANSWER_LOST)
+        await dispatcher.run_once()
+        provider.fault = SandboxFault.UNAVAILABLE
+        clock.advance(timedelta(minutes=1))
+        await dispatcher.run_once()
+        provider.fault = None
+        provider.fail_after(1, SandboxFault.REJECTED)
+        clock.advance(timedelta(minutes=30))
+        await dispatcher.run_once()
+        got = await counts(notifications_app, tokens, campaign)
+        assert (got["sent"], got["failed"], got["queued"]) == (2, 1, 0)
+        await outbox_drained(ctx_of(notifications_app).engine)
+        records = await read_to_end(kafka_bootstrap, [topics.events("notifications")])
+
+    assert {decode(r.value).type for r in records} == {
+        "notifications.reminder-sent", "notifications.message-failed"}
+    texts = [m["body"] for m in await sandbox(notifications_app, tokens)]
+    secrets = [*seeded.mobiles.values(), *(m[-9:] for m in seeded.mobiles.values()),
+               "Zebedee", "Quintessa", "Olabisi", "days left", "Pay 2026", LINK, *texts]
+    # The logs were caught, those of each path among them.
+    for logged in ("dispatcher.slot_selected", "dispatcher.provider_transient_error",
+                   "dispatcher.message_failed", "POST"):
+        assert any(logged in line for line in lines), logged
+    for where, text in [*(("log", line) for line in lines),
+                        *(("event", r.value.decode()) for r in records)]:
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} in {where}: {text[:300]}"
+
+
+# -- the provider's rate -------------------------------------------------------------------------
+
+class ClockedSandbox(SandboxProvider):
+    """The sandbox, noting when each call reached it (real time: the rate is real)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.arrivals: list[float] = []
+
+    async def send(self, **kwargs):
+        self.arrivals.append(time.monotonic())
+        return await super().send(**kwargs)
+
+
+async def test_sends_keep_to_the_providers_rate_in_every_second(
+        notifications_app, notifications_settings, kafka_bootstrap, topics, fake_contacts,
+        tokens, clock):
+    members = {f"m{i}": Member() for i in range(25)}
+    seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts,
+                               members)
+    await create(notifications_app, tokens, seeded.ballot_id)
+    ctx = ctx_of(notifications_app)
+    provider = ClockedSandbox(ctx.sessions, ctx.clock)
+    channels = ContactChannels(notifications_settings)
+    try:
+        dispatcher = Dispatcher(ctx, provider, channels, limiter=limiter_for(10))
+        assert await dispatcher.run_once() == {"slots_selected": 1, "messages_sent": 25}
+    finally:
+        await channels.aclose()
+    arrivals = provider.arrivals
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1) for start in arrivals)
+    assert busiest == 10  # the limit, and all of it
+    # 25 at 10 a second: the 11th and the 21st each wait for a second to pass.
+    assert arrivals[-1] - arrivals[0] >= 2.0

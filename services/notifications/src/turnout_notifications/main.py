@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import structlog
@@ -18,13 +20,35 @@ from turnout_kit.readiness import broker_check
 from .api import routers
 from .context import Clock, NotificationsContext
 from .messaging.subscribers import register_subscribers
+from .providers.base import SmsProvider
 from .providers.sandbox import SandboxProvider
+from .providers.twilio import TwilioProvider
 from .service.channels import ContactChannels
 from .service.dispatcher import Dispatcher
+from .service.inbound import send_confirmations
 from .settings import NotificationsSettings
 
 MIGRATIONS = Path(__file__).parent / "db" / "migrations"
 log = structlog.get_logger("turnout.notifications")
+
+
+def build_provider(ctx: NotificationsContext) -> SmsProvider:
+    """The provider the settings choose: the sandbox unless told otherwise."""
+    if ctx.settings.provider == "twilio":
+        return TwilioProvider.from_settings(ctx.settings)
+    assert ctx.sessions is not None
+    return SandboxProvider(ctx.sessions, ctx.clock)
+
+
+async def _confirmations_loop(ctx: NotificationsContext) -> None:
+    # STOP confirmations go out as the STOP is handled; this only retries those a
+    # provider outage held back.
+    while True:
+        await asyncio.sleep(ctx.settings.dispatch_interval_seconds)
+        try:
+            await send_confirmations(ctx)
+        except Exception:
+            log.exception("confirmations.round_failed")
 
 
 def create_notifications_app(settings: NotificationsSettings | None = None, *,
@@ -36,6 +60,7 @@ def create_notifications_app(settings: NotificationsSettings | None = None, *,
                          enable_idempotence=True, acks="all", client_id="notifications")
     register_subscribers(broker, ctx)
     channels = ContactChannels(settings)
+    background: list[asyncio.Task] = []
 
     async def start(app: FastAPI) -> None:
         ctx.engine = await open_database(app, settings, MIGRATIONS,
@@ -45,13 +70,28 @@ def create_notifications_app(settings: NotificationsSettings | None = None, *,
         ctx.relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                                 service="notifications")
         ctx.relay.start()
-        ctx.dispatcher = Dispatcher(ctx, SandboxProvider(ctx.sessions, ctx.clock), channels)
+        ctx.provider = build_provider(ctx)
+        log.info("provider_selected", provider=ctx.provider.name)
+        if settings.uses_development_keys:
+            log.warning("development_keys_in_use",
+                        hint="set NOTIFICATIONS_RECIPIENT_HASH_KEY and "
+                             "NOTIFICATIONS_REPLY_ENCRYPTION_KEY")
+        ctx.dispatcher = Dispatcher(ctx, ctx.provider, channels)
         if settings.dispatcher_enabled:
             ctx.dispatcher.start()
+            background.append(asyncio.create_task(_confirmations_loop(ctx),
+                                                  name="notifications-confirmations"))
 
     async def stop(app: FastAPI) -> None:
         if ctx.dispatcher is not None:
             await ctx.dispatcher.stop()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        background.clear()
+        if isinstance(ctx.provider, TwilioProvider):
+            await ctx.provider.aclose()
         await channels.aclose()
         if ctx.relay is not None:
             await ctx.relay.stop()

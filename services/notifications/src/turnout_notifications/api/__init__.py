@@ -1,3 +1,4 @@
-from . import campaigns, sandbox
+from . import campaigns, replies, sandbox, webhooks
 
-routers = [campaigns.router, sandbox.router]
+routers = [campaigns.router, sandbox.router, sandbox.page_router, webhooks.router,
+           replies.router]

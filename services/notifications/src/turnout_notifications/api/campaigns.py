@@ -1,4 +1,4 @@
-"""HTTP: reminder campaigns — create, read with counts, pause, resume, cancel."""
+"""HTTP: reminder campaigns — create, list, read with counts, pause, resume, cancel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -112,6 +112,26 @@ class CountsOut(BaseModel):
     skipped: SkippedOut
 
 
+class CampaignSummary(BaseModel):
+    campaign_id: uuid.UUID
+    ballot_id: uuid.UUID
+    channel: str
+    template: str
+    link: str | None
+    status: Literal["active", "paused", "cancelled"]
+    quiet_hours: QuietHoursOut
+    max_per_day: int
+    audience: AudienceOut
+    created_by: str
+    created_at: datetime
+    slots: list[SlotOut]
+
+
+class CampaignPage(BaseModel):
+    items: list[CampaignSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
 class CampaignOut(BaseModel):
     campaign_id: uuid.UUID
     ballot_id: uuid.UUID
@@ -126,6 +146,8 @@ class CampaignOut(BaseModel):
     created_at: datetime
     slots: list[SlotOut]
     counts: CountsOut
+    counts_branch_codes: list[str] | None = Field(description=(
+        "The counts cover only these branches (a rep's); null: the whole campaign."))
 
 
 @router.post("/campaigns", response_model=CampaignOut, status_code=status.HTTP_201_CREATED)
@@ -146,10 +168,22 @@ async def create_campaign(body: CampaignIn, ctx: Ctx, caller: CurrentCaller,
     return await service.get_campaign(ctx, caller, campaign_id)
 
 
+@router.get("/campaigns", response_model=CampaignPage)
+async def list_campaigns(
+        ctx: Ctx, caller: CurrentCaller, ballot_id: uuid.UUID | None = None,
+        status: Literal["active", "paused", "cancelled"] | None = None,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
+    """The campaigns you may read, newest first: national and admin all of them,
+    organisers those of their groups, reps those reaching their branches."""
+    return await service.list_campaigns(ctx, caller, ballot_id=ballot_id, status=status,
+                                        cursor=cursor, limit=limit)
+
+
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
 async def get_campaign(campaign_id: uuid.UUID, ctx: Ctx, caller: CurrentCaller) -> Any:
     """A campaign with its slots and counts: queued, sent, delivered, failed, and skipped
-    by reason."""
+    by reason (a rep's counts are those of their branches)."""
     return await service.get_campaign(ctx, caller, campaign_id)
 
 

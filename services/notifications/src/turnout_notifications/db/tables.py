@@ -1,13 +1,15 @@
 """The notifications database: the state it keeps from events (ballots, the roll with each
 member's vote status, contact flags, opt-outs), its campaigns and their slots, and every
-message it decided to send. No phone number is stored here: numbers are fetched from
-contacts at send time and dropped after the provider call. The sandbox provider keeps
-what it "sent" (a masked number and the text) in its own table."""
+message it decided to send. No phone number is stored here in clear: numbers are fetched
+from contacts at send time and dropped after the provider call (a keyed hash of each is
+kept, to recognise replies; a STOP's confirmation keeps its number sealed until sent).
+The sandbox provider keeps what it "sent" (a masked number and the text) in its own
+table."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, UUID
 
 metadata = sa.MetaData()
 TZ = sa.DateTime(timezone=True)
@@ -85,7 +87,8 @@ campaigns = sa.Table(
 )
 
 # Each send time of a campaign, resolved to an instant when the campaign is created.
-# pending -> selected (recipients queued) ; a slot is selected exactly once.
+# pending -> selected (audience frozen in audience_parts, who was left out and why in
+# audience_skips) | expired (the ballot closed first); a slot is selected exactly once.
 campaign_slots = sa.Table(
     "campaign_slots", metadata,
     sa.Column("campaign_id", UUID(as_uuid=True), sa.ForeignKey("campaigns.campaign_id"),
@@ -95,8 +98,6 @@ campaign_slots = sa.Table(
     sa.Column("due_at", TZ, nullable=False),
     sa.Column("state", sa.Text, nullable=False, server_default="pending"),
     sa.Column("selected_at", TZ),
-    # Members of the audience left out at selection, by reason: {"voted": 12, ...}.
-    sa.Column("skipped", JSONB, nullable=False, server_default="{}"),
     sa.Index("campaign_slots_due", "due_at", postgresql_where=sa.text("state = 'pending'")),
 )
 
@@ -122,6 +123,11 @@ messages = sa.Table(
     sa.Column("provider", sa.Text),
     sa.Column("provider_message_id", sa.Text),
     sa.Column("error_code", sa.Text),
+    # HMAC-SHA256 (a key from settings) of the E.164 number the message went to: how a
+    # reply from that number finds the member, without the number stored here.
+    sa.Column("recipient_hash", BYTEA),
+    # The member's branch on the roll (reps read the counts of their branches).
+    sa.Column("branch_code", sa.Text),
     sa.Column("created_at", TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     sa.Index("messages_campaign_status", "campaign_id", "status"),
@@ -129,6 +135,102 @@ messages = sa.Table(
              postgresql_where=sa.text("status = 'queued'")),
     sa.Index("messages_member_attempted", "member_id", "attempted_at",
              postgresql_where=sa.text("attempted_at IS NOT NULL")),
+    sa.Index("messages_recipient", "recipient_hash", "attempted_at",
+             postgresql_where=sa.text("recipient_hash IS NOT NULL")),
+    sa.Index("messages_provider_message", "provider_message_id",
+             postgresql_where=sa.text("provider_message_id IS NOT NULL")),
+    sa.Index("messages_campaign_branch", "campaign_id", "branch_code"),
+    # Claimed but no answer recorded: what the dispatcher's rescue looks for.
+    sa.Index("messages_sending", "attempted_at",
+             postgresql_where=sa.text("status = 'sending'")),
+)
+
+# A selected slot's recipients, frozen at selection and turned into messages a batch at a
+# time as the dispatcher sends (see service/audience.py). Per branch, in parts of at most
+# a thousand ids; `taken` of a part's ids have become messages. `deferred`: the ids not
+# taken yet were held back by quiet hours.
+audience_parts = sa.Table(
+    "audience_parts", metadata,
+    sa.Column("campaign_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True),  # the order parts are sent in
+    sa.Column("branch_code", sa.Text, nullable=False),
+    sa.Column("member_ids", ARRAY(UUID(as_uuid=True)), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("taken", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deferred", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("audience_parts_open", "campaign_id", "slot", "part",
+             postgresql_where=sa.text("taken < size")),
+)
+
+# Members of a slot's audience left out at selection, counted by branch and reason.
+audience_skips = sa.Table(
+    "audience_skips", metadata,
+    sa.Column("campaign_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("branch_code", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
+# The branches a campaign's audience reaches (from the roll when it was created, and from
+# each selection): the campaigns a rep may read.
+campaign_branches = sa.Table(
+    "campaign_branches", metadata,
+    sa.Column("campaign_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("branch_code", sa.Text, primary_key=True),
+    sa.Index("campaign_branches_branch", "branch_code"),
+)
+
+# -- inbound: replies, opt-out confirmations, webhook replays ------------------------------
+
+# Every webhook call accepted (a hash of its signature and body): the same call again is
+# a replay, refused. Kept for good: a provider's signature carries no time, so an old
+# call is as replayable as a new one.
+webhook_calls = sa.Table(
+    "webhook_calls", metadata,
+    sa.Column("digest", BYTEA, primary_key=True),
+    sa.Column("endpoint", sa.Text, nullable=False),  # inbound | status
+    sa.Column("received_at", TZ, nullable=False),
+)
+
+# One row per reply from a member we could identify, with its classified intent. Only an
+# unclassified reply keeps its text, sealed (AES-GCM, a key from settings), for a rep to
+# read; a classified one needs no text.
+replies = sa.Table(
+    "replies", metadata,
+    sa.Column("reply_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("provider_message_id", sa.Text, unique=True),
+    sa.Column("member_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("ballot_id", UUID(as_uuid=True)),
+    sa.Column("in_reply_to", UUID(as_uuid=True)),  # messages.message_id
+    sa.Column("intent", sa.Text, nullable=False),
+    sa.Column("text_sealed", BYTEA),
+    sa.Column("received_at", TZ, nullable=False),
+    sa.Index("replies_ballot", "ballot_id", "received_at"),
+)
+
+# The one text confirming a STOP. The number it goes to (the one the STOP came from) is
+# kept sealed only until the provider has the message, for a retry after an outage.
+# status: queued -> sending -> sent -> delivered | failed
+confirmations = sa.Table(
+    "confirmations", metadata,
+    sa.Column("confirmation_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("member_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False, unique=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("to_sealed", BYTEA),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", TZ),
+    sa.Column("provider", sa.Text),
+    sa.Column("provider_message_id", sa.Text),
+    sa.Column("error_code", sa.Text),
+    sa.Column("created_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Index("confirmations_queued", "created_at",
+             postgresql_where=sa.text("status = 'queued'")),
+    sa.Index("confirmations_provider_message", "provider_message_id",
+             postgresql_where=sa.text("provider_message_id IS NOT NULL")),
 )
 
 # -- the sandbox provider ----------------------------------------------------------------

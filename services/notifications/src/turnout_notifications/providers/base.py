@@ -4,12 +4,17 @@ dispatcher decides retry-or-fail without knowing which provider it talks to.
 
 Every call carries the message's idempotency key: an adapter whose provider honours one
 passes it on, so a retry after a lost answer cannot send a second text.
+
+An adapter whose provider can say whether it took a message (by that key) also offers
+`lookup`: after a crash between the call and recording its answer, the dispatcher asks
+instead of guessing. Without it, such a message is failed as `unknown_outcome` and never
+resent (see service/dispatcher.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -38,3 +43,15 @@ class SmsProvider(Protocol):
     name: str
 
     async def send(self, *, idempotency_key: str, to: str, body: str) -> Accepted: ...
+
+
+@runtime_checkable
+class Lookup(Protocol):
+    async def lookup(self, *, idempotency_key: str) -> Accepted | None:
+        """The message the provider took under this key, or None when it never got one.
+        Raises TransientProviderError when it cannot tell right now."""
+        ...
+
+
+def can_look_up(provider: object) -> bool:
+    return isinstance(provider, Lookup)

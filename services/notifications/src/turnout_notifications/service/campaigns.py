@@ -4,10 +4,18 @@ A campaign is created for a ballot this service already knows (from its ballot-o
 event): its schedule is resolved against the ballot's closing time right away, so what
 was accepted is exactly what will run. Slots in the past are due at once; slots at or
 after the close are refused.
+
+Counts are exact at every moment: each member of a selected slot's audience is in one
+place only — a skip counted at selection (`audience_skips`), a recipient not yet taken
+from the frozen audience (`audience_parts`: queued, or cancelled once the campaign is
+cancelled or the ballot closed), or a message row with its status. All three carry the
+member's branch, so a rep's counts are those of their branches.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,15 +23,25 @@ from datetime import datetime, time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
 
 from turnout_kit.auth import Caller
 from turnout_kit.problems import Problem
 
 from ..context import NotificationsContext
-from ..db.tables import ballots, campaign_slots, campaigns, messages
+from ..db.tables import (
+    audience_parts,
+    audience_skips,
+    ballots,
+    campaign_branches,
+    campaign_slots,
+    campaigns,
+    messages,
+    roll,
+)
 from ..domain.schedule import BadSlot, resolve_slot
 from ..domain.template import placeholder_errors, used_placeholders
-from .scope import can_read, check_can_create, not_found
+from .scope import check_can_create, counted_branches, not_found, visible
 
 SKIP_REASONS = ("voted", "no_consent", "no_mobile", "capped", "opted_out")
 
@@ -106,8 +124,28 @@ async def create_campaign(ctx: NotificationsContext, caller: Caller,
         await uow.session.execute(sa.insert(campaign_slots), [
             {"campaign_id": campaign_id, "slot": n, "spec": raw, "due_at": due}
             for n, (raw, due) in enumerate(sorted(slots, key=lambda s: s[1]))])
+        await _record_reach(uow.session, campaign_id, spec)
         await uow.commit()
     return campaign_id
+
+
+async def _record_reach(session: Any, campaign_id: uuid.UUID, spec: CampaignSpec) -> None:
+    """The branches the campaign reaches, so that their reps can read it before any slot
+    runs: those it names, and those of the enrolled members its filters admit (each
+    selection adds any the roll has gained since)."""
+    on_roll = sa.select(sa.literal(campaign_id), roll.c.branch_code).distinct().where(
+        roll.c.ballot_id == spec.ballot_id, roll.c.enrolled, roll.c.branch_code.is_not(None))
+    for column, codes in ((roll.c.group_code, spec.group_codes),
+                          (roll.c.branch_code, spec.branch_codes),
+                          (roll.c.workplace_code, spec.workplace_codes)):
+        if codes:
+            on_roll = on_roll.where(column.in_(sorted(set(codes))))
+    await session.execute(insert(campaign_branches).from_select(
+        ["campaign_id", "branch_code"], on_roll).on_conflict_do_nothing())
+    if spec.branch_codes:
+        await session.execute(insert(campaign_branches).values(
+            [{"campaign_id": campaign_id, "branch_code": b} for b in sorted(set(
+                spec.branch_codes))]).on_conflict_do_nothing())
 
 
 async def change_status(ctx: NotificationsContext, caller: Caller, campaign_id: uuid.UUID,
@@ -115,8 +153,9 @@ async def change_status(ctx: NotificationsContext, caller: Caller, campaign_id: 
     allowed_from, to = TRANSITIONS[action]
     async with ctx.uow(caller.actor) as uow:
         row = (await uow.session.execute(sa.select(campaigns).where(
-            campaigns.c.campaign_id == campaign_id).with_for_update())).first()
-        if row is None or not can_read(caller, row.group_codes, row.branch_codes):
+            campaigns.c.campaign_id == campaign_id, visible(caller)).with_for_update(
+                of=campaigns))).first()
+        if row is None:
             raise not_found(campaign_id)
         check_can_create(caller, row.group_codes)  # who may create it may steer it
         if row.status not in allowed_from:
@@ -125,7 +164,8 @@ async def change_status(ctx: NotificationsContext, caller: Caller, campaign_id: 
             campaigns.c.campaign_id == campaign_id).values(status=to,
                                                             updated_at=sa.func.now()))
         if to == "cancelled":
-            # Queued messages will never go; they stop counting as queued.
+            # Queued messages will never go; they stop counting as queued (so do the
+            # recipients not yet taken from the frozen audience: see _counts).
             await uow.session.execute(sa.update(messages).where(
                 messages.c.campaign_id == campaign_id, messages.c.status == "queued")
                 .values(status="cancelled", updated_at=sa.func.now()))
@@ -134,43 +174,116 @@ async def change_status(ctx: NotificationsContext, caller: Caller, campaign_id: 
 
 async def get_campaign(ctx: NotificationsContext, caller: Caller,
                        campaign_id: uuid.UUID) -> dict[str, Any]:
+    branches = counted_branches(caller)
     assert ctx.sessions is not None
     async with ctx.sessions() as session:
-        row = (await session.execute(sa.select(campaigns).where(
-            campaigns.c.campaign_id == campaign_id))).first()
-        if row is None or not can_read(caller, row.group_codes, row.branch_codes):
+        row = (await session.execute(
+            sa.select(campaigns, ballots.c.closes_at, ballots.c.closed_at)
+            .join(ballots, ballots.c.ballot_id == campaigns.c.ballot_id, isouter=True)
+            .where(campaigns.c.campaign_id == campaign_id, visible(caller)))).first()
+        if row is None:
             raise not_found(campaign_id)
         slots = (await session.execute(sa.select(campaign_slots).where(
             campaign_slots.c.campaign_id == campaign_id).order_by(campaign_slots.c.slot))).all()
-        tallies = (await session.execute(
-            sa.select(messages.c.status, messages.c.skip_reason, sa.func.count(),
-                      sa.func.count().filter(messages.c.deferred))
-            .where(messages.c.campaign_id == campaign_id)
-            .group_by(messages.c.status, messages.c.skip_reason))).all()
+        counts = await _counts(session, campaign_id, branches, ended=(
+            row.status == "cancelled" or row.closed_at is not None
+            or (row.closes_at is not None and row.closes_at <= ctx.clock())))
     return {**_campaign_fields(row), "slots": [_slot_fields(s) for s in slots],
-            "counts": _counts(slots, tallies)}
+            "counts": counts, "counts_branch_codes": branches}
 
 
-def _counts(slots: list[sa.Row], tallies: list[sa.Row]) -> dict[str, Any]:
+async def _counts(session: Any, campaign_id: uuid.UUID, branches: list[str] | None, *,
+                  ended: bool) -> dict[str, Any]:
+    """`ended`: the campaign was cancelled or its ballot closed — what still waits will
+    never go, and counts as cancelled."""
+    def mine(table: sa.Table) -> sa.ColumnElement[bool]:
+        where = table.c.campaign_id == campaign_id
+        return where if branches is None else sa.and_(where, table.c.branch_code.in_(branches))
+
+    tallies = (await session.execute(
+        sa.select(messages.c.status, messages.c.skip_reason, sa.func.count(),
+                  sa.func.count().filter(messages.c.deferred))
+        .where(mine(messages)).group_by(messages.c.status, messages.c.skip_reason))).all()
+    untaken = audience_parts.c.size - audience_parts.c.taken
+    waiting, waiting_deferred = (await session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(untaken), 0),
+                  sa.func.coalesce(sa.func.sum(untaken).filter(audience_parts.c.deferred), 0))
+        .where(mine(audience_parts), audience_parts.c.taken < audience_parts.c.size))).one()
+    selected_out = (await session.execute(
+        sa.select(audience_skips.c.reason, sa.func.sum(audience_skips.c.n))
+        .where(mine(audience_skips)).group_by(audience_skips.c.reason))).all()
+
     by_status: Counter[str] = Counter()
     skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
-    deferred = 0
-    for slot in slots:  # left out when the slot's audience was selected
-        skipped.update(slot.skipped)
+    deferred = int(waiting_deferred)
+    for reason, n in selected_out:  # left out when the slot's audience was selected
+        skipped[reason] += int(n)
     for status, reason, n, n_deferred in tallies:  # left out just before sending
         by_status[status] += n
         deferred += n_deferred
         if status == "skipped":
             skipped[reason] += n
+    queued = by_status["queued"] + int(waiting)
     return {
-        "queued": by_status["queued"] + by_status["sending"],
+        # In the provider's hands right now (`sending`) stays queued either way.
+        "queued": by_status["sending"] + (0 if ended else queued),
         # Handed to the provider, delivered or not yet known.
         "sent": by_status["sent"] + by_status["delivered"],
         "delivered": by_status["delivered"],
         "failed": by_status["failed"],
-        "cancelled": by_status["cancelled"],
+        "cancelled": by_status["cancelled"] + (queued if ended else 0),
         "skipped": {**skipped, "quiet_hours_deferred": deferred},
     }
+
+
+async def list_campaigns(ctx: NotificationsContext, caller: Caller, *,
+                         ballot_id: uuid.UUID | None = None, status: str | None = None,
+                         cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+    """The campaigns the caller may read, newest first, a page at a time."""
+    query = (sa.select(campaigns).where(visible(caller))
+             .order_by(campaigns.c.created_at.desc(), campaigns.c.campaign_id.desc()))
+    if ballot_id is not None:
+        query = query.where(campaigns.c.ballot_id == ballot_id)
+    if status is not None:
+        query = query.where(campaigns.c.status == status)
+    if cursor:
+        created_at, after = decode_cursor(cursor)
+        query = query.where(sa.tuple_(campaigns.c.created_at, campaigns.c.campaign_id)
+                            < sa.tuple_(sa.literal(created_at), sa.literal(after)))
+    assert ctx.sessions is not None
+    async with ctx.sessions() as session:
+        rows = (await session.execute(query.limit(limit + 1))).all()
+        page = rows[:limit]
+        slots = (await session.execute(sa.select(campaign_slots).where(
+            campaign_slots.c.campaign_id.in_([r.campaign_id for r in page]))
+            .order_by(campaign_slots.c.campaign_id, campaign_slots.c.slot))).all()
+    slots_of: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for slot in slots:
+        slots_of.setdefault(slot.campaign_id, []).append(_slot_fields(slot))
+    return {
+        "items": [{**_campaign_fields(r), "slots": slots_of.get(r.campaign_id, [])}
+                  for r in page],
+        "next_cursor": encode_cursor(page[-1]) if len(rows) > limit else None,
+    }
+
+
+def encode_cursor(row: sa.Row) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.campaign_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, campaign_id = raw.split("|")
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, uuid.UUID(campaign_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(422, detail="The cursor is not one this service handed out.",
+                      errors=[{"field": "cursor", "message": "use next_cursor as given"}]
+                      ) from None
 
 
 def _campaign_fields(row: sa.Row) -> dict[str, Any]:

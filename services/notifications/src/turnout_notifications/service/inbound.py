@@ -1,0 +1,346 @@
+"""What comes back from members and the provider: replies (STOP, YES, anything) and
+delivery receipts. The webhooks (api/webhooks.py) verify the provider's signature and
+hand over here; the sandbox page simulates a reply through `receive_reply` too.
+
+A reply is matched to a member through the keyed hash of the number it came from: the
+latest message sent to that hash names the member and the ballot. Then, in one unit of
+work with the record of the call (a replayed call finds it and changes nothing):
+
+- reply-received with the classified intent and never the text (ballots turns "voted"
+  into the member's own report, and the member drops out of every later reminder);
+- a STOP also publishes opt-out-received (contacts withdraws the consent), marks the
+  member opted out here at once (so no reminder goes out before the event comes back)
+  and, unless they were opted out already, queues ONE confirmation text;
+- an unclassified reply keeps its text, sealed, for a rep to read (GET /v1/replies).
+
+Receipts move a sent message to delivered or failed once, with message-delivered or
+message-failed; later receipts for the same message change nothing.
+
+No number, reply text or message body reaches a log line, an event or an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects.postgresql import insert
+
+from turnout_events.common import MessageChannel
+from turnout_events.notifications import (
+    MessageDelivered,
+    MessageFailed,
+    OptOutReceived,
+    ReplyIntent,
+    ReplyReceived,
+)
+from turnout_kit.auth import Caller
+from turnout_kit.problems import Problem
+
+from ..context import NotificationsContext
+from ..db.tables import confirmations, messages, opt_outs, replies, roll, webhook_calls
+from ..domain.replies import classify
+from ..providers.base import PermanentProviderError, TransientProviderError
+from .dispatcher import error_code
+
+log = structlog.get_logger("turnout.notifications.inbound")
+
+STOP_CONFIRMATION = ("You have unsubscribed and will get no more text messages from us. "
+                     "Thank you.")
+# Delivery statuses that settle a message; the others (queued, sent, read, ...) say
+# nothing we record.
+DELIVERED = frozenset({"delivered"})
+FAILED = frozenset({"failed", "undelivered"})
+# Provider error codes that mean the number will never take a text: the event says so,
+# so contacts may clear has_mobile. (Twilio: unknown number, landline or unreachable
+# carrier, invalid number, not a mobile, blocked by the member.)
+PERMANENT_CODES = frozenset({"30005", "30006", "21211", "21614", "21610", "30004"})
+CONFIRMATION_BACKOFF = timedelta(seconds=30)
+
+
+def call_digest(signature: str, body: bytes) -> bytes:
+    """What identifies a webhook call for the replay guard: the same signature over the
+    same body is the same call."""
+    return hashlib.sha256(signature.encode() + b"\n" + body).digest()
+
+
+async def _record_call(session: Any, digest: bytes | None, endpoint: str,
+                       now: datetime) -> None:
+    if digest is None:
+        return
+    recorded = await session.scalar(
+        insert(webhook_calls).values(digest=digest, endpoint=endpoint, received_at=now)
+        .on_conflict_do_nothing().returning(webhook_calls.c.digest))
+    if recorded is None:
+        raise replayed()
+
+
+def replayed() -> Problem:
+    return Problem(409, detail="This call was received and handled before; a replay "
+                               "changes nothing.")
+
+
+# -- replies ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    intent: ReplyIntent
+    member_id: uuid.UUID | None  # None: the number matches no message we sent
+    reply_id: uuid.UUID | None = None
+    confirmation_id: uuid.UUID | None = None
+
+
+async def receive_reply(ctx: NotificationsContext, *, sender_hash: bytes | None,
+                        reply_to: str,
+                        text: str, provider_message_id: str | None = None,
+                        digest: bytes | None = None) -> ReplyOutcome:
+    """Handle one reply. `sender_hash` None: not a phone number (a short code, a named
+    sender), so nobody we texted. `reply_to` is where a STOP confirmation goes (the
+    number the reply came from); it is kept only sealed, and only until the confirmation
+    is sent."""
+    now = ctx.clock()
+    intent = classify(text)
+    async with ctx.uow() as uow:
+        session = uow.session
+        await _record_call(session, digest, "inbound", now)
+        latest = None if sender_hash is None else (await session.execute(
+            sa.select(messages.c.message_id, messages.c.member_id, messages.c.ballot_id)
+            .where(messages.c.recipient_hash == sender_hash,
+                   messages.c.attempted_at.is_not(None))
+            .order_by(messages.c.attempted_at.desc(), messages.c.message_id.desc())
+            .limit(1))).first()
+        if latest is None:
+            await uow.commit()  # the call is still recorded: a replay stays a replay
+            log.info("inbound.unknown_sender", intent=intent.value)
+            return ReplyOutcome(intent, None)
+        member_id = latest.member_id
+        # One member's STOPs, replies and reminder claims one at a time: two STOPs at
+        # once still confirm once, and a claim sees an opt-out committed before it.
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
+            sa.func.hashtext(str(member_id)))))
+        reply_id = uuid.uuid4()
+        sealed = (ctx.sealer.seal(reply_id, text)
+                  if intent is ReplyIntent.UNCLASSIFIED and text.strip() and ctx.sealer
+                  else None)
+        stored = await session.scalar(
+            insert(replies).values(
+                reply_id=reply_id, provider_message_id=provider_message_id,
+                member_id=member_id, ballot_id=latest.ballot_id,
+                in_reply_to=latest.message_id, intent=intent.value, text_sealed=sealed,
+                received_at=now)
+            .on_conflict_do_nothing().returning(replies.c.reply_id))
+        if stored is None:  # the provider's id again, under another signature
+            raise replayed()
+        actor = f"member:{member_id}"
+        uow.emit(ReplyReceived(member_id=member_id, message_id=reply_id,
+                               in_reply_to=latest.message_id, ballot_id=latest.ballot_id,
+                               channel=MessageChannel.SMS, intent=intent, received_at=now),
+                 occurred_at=now, actor=actor)
+        confirmation_id = None
+        if intent is ReplyIntent.OPT_OUT:
+            confirmation_id = await _opt_out(ctx, uow, member_id, reply_id, reply_to, now,
+                                             actor)
+        await uow.commit()
+    log.info("inbound.reply", member_id=str(member_id), reply_id=str(reply_id),
+             intent=intent.value, confirmation=confirmation_id is not None)
+    if confirmation_id is not None:
+        await send_confirmations(ctx, only=[confirmation_id])
+    return ReplyOutcome(intent, member_id, reply_id, confirmation_id)
+
+
+async def _opt_out(ctx: NotificationsContext, uow: Any, member_id: uuid.UUID,
+                   reply_id: uuid.UUID, reply_to: str, now: datetime,
+                   actor: str) -> uuid.UUID | None:
+    session = uow.session
+    already = await session.scalar(sa.select(opt_outs.c.member_id).where(
+        opt_outs.c.member_id == member_id, opt_outs.c.channel == MessageChannel.SMS.value))
+    # Every STOP is passed on (contacts may have been told consent again by a rep since),
+    # but only the first of an opt-out is confirmed.
+    uow.emit(OptOutReceived(member_id=member_id, channel=MessageChannel.SMS,
+                            received_at=now), occurred_at=now, actor=actor)
+    stmt = insert(opt_outs).values(member_id=member_id, channel=MessageChannel.SMS.value,
+                                   received_at=now)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[opt_outs.c.member_id, opt_outs.c.channel],
+        set_={"received_at": sa.func.greatest(opt_outs.c.received_at,
+                                              stmt.excluded.received_at)}))
+    if already is not None:
+        return None
+    confirmation_id = uuid.uuid4()
+    assert ctx.sealer is not None
+    await session.execute(insert(confirmations).values(
+        confirmation_id=confirmation_id, member_id=member_id,
+        idempotency_key=f"stop-confirmation:{reply_id}", status="queued",
+        to_sealed=ctx.sealer.seal(confirmation_id, reply_to)))
+    return confirmation_id
+
+
+async def send_confirmations(ctx: NotificationsContext,
+                             only: list[uuid.UUID] | None = None) -> int:
+    """Send queued STOP confirmations whose time has come (all of them, or `only`
+    these); returns how many the provider took. Run after each STOP and by the
+    service's background loop, which retries those a provider outage held back."""
+    assert ctx.sessions is not None and ctx.provider is not None and ctx.sealer is not None
+    now = ctx.clock()
+    async with ctx.sessions() as session:
+        query = (sa.select(confirmations.c.confirmation_id)
+                 .where(confirmations.c.status == "queued",
+                        sa.or_(confirmations.c.next_attempt_at.is_(None),
+                               confirmations.c.next_attempt_at <= now))
+                 .order_by(confirmations.c.created_at).limit(100))
+        if only is not None:
+            query = query.where(confirmations.c.confirmation_id.in_(only))
+        due = list((await session.execute(query)).scalars())
+    sent = 0
+    for confirmation_id in due:
+        sent += await _send_confirmation(ctx, confirmation_id)
+    return sent
+
+
+async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UUID) -> int:
+    assert ctx.sessions is not None and ctx.provider is not None and ctx.sealer is not None
+    now = ctx.clock()
+    where = confirmations.c.confirmation_id == confirmation_id
+    async with ctx.sessions() as session, session.begin():
+        # Claimed (queued -> sending) and committed before the provider is called.
+        claimed = (await session.execute(
+            sa.update(confirmations).where(where, confirmations.c.status == "queued")
+            .values(status="sending", attempts=confirmations.c.attempts + 1,
+                    provider=ctx.provider.name, updated_at=sa.func.now())
+            .returning(confirmations.c.idempotency_key, confirmations.c.to_sealed,
+                       confirmations.c.attempts))).first()
+    if claimed is None or claimed.to_sealed is None:
+        return 0
+    to = ctx.sealer.open(confirmation_id, claimed.to_sealed)
+    values: dict[str, Any]
+    try:
+        accepted = await ctx.provider.send(idempotency_key=claimed.idempotency_key, to=to,
+                                           body=STOP_CONFIRMATION)
+    except TransientProviderError as exc:
+        if claimed.attempts >= ctx.settings.provider_max_attempts:
+            values = {"status": "failed", "error_code": error_code(exc.code),
+                      "to_sealed": None}
+        else:
+            values = {"status": "queued", "error_code": error_code(exc.code),
+                      "next_attempt_at": now + CONFIRMATION_BACKOFF * 2 ** (
+                          claimed.attempts - 1)}
+        log.warning("inbound.confirmation_transient_error",
+                    confirmation_id=str(confirmation_id), code=error_code(exc.code))
+    except PermanentProviderError as exc:
+        values = {"status": "failed", "error_code": error_code(exc.code), "to_sealed": None}
+        log.warning("inbound.confirmation_failed", confirmation_id=str(confirmation_id),
+                    code=error_code(exc.code))
+    else:
+        # The number is dropped the moment the provider has the message.
+        values = {"status": "sent", "provider_message_id": accepted.provider_message_id,
+                  "to_sealed": None, "error_code": None, "next_attempt_at": None}
+    async with ctx.sessions() as session, session.begin():
+        await session.execute(sa.update(confirmations).where(where)
+                              .values(**values, updated_at=sa.func.now()))
+    return 1 if values["status"] == "sent" else 0
+
+
+# -- delivery receipts --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    kind: str  # "message" | "confirmation"
+    changed: bool  # whether this receipt settled it (and published, for a message)
+
+
+async def record_receipt(ctx: NotificationsContext, *, provider_message_id: str,
+                         status: str, error: str | None,
+                         digest: bytes | None = None) -> ReceiptOutcome:
+    """A delivery receipt: 404 problem for a message id we never had."""
+    now = ctx.clock()
+    status = status.strip().lower()
+    settles = "delivered" if status in DELIVERED else "failed" if status in FAILED else None
+    async with ctx.uow() as uow:
+        session = uow.session
+        await _record_call(session, digest, "status", now)
+        message = (await session.execute(
+            sa.select(messages.c.message_id, messages.c.member_id, messages.c.status)
+            .where(messages.c.provider_message_id == provider_message_id)
+            .limit(1).with_for_update())).first()
+        if message is None:
+            changed = await _confirmation_receipt(session, provider_message_id, settles,
+                                                  error)
+            await uow.commit()
+            return ReceiptOutcome("confirmation", changed)
+        # Only a sent message settles, once: a second receipt, or a "failed" after
+        # "delivered", changes nothing.
+        changed = settles is not None and message.status == "sent"
+        if changed:
+            code = error_code(error) if error else None
+            await session.execute(sa.update(messages).where(
+                messages.c.message_id == message.message_id).values(
+                status=settles, error_code=code if settles == "failed" else None,
+                updated_at=sa.func.now()))
+            if settles == "delivered":
+                uow.emit(MessageDelivered(member_id=message.member_id,
+                                          message_id=message.message_id,
+                                          channel=MessageChannel.SMS, delivered_at=now),
+                         occurred_at=now)
+            else:
+                uow.emit(MessageFailed(member_id=message.member_id,
+                                       message_id=message.message_id,
+                                       channel=MessageChannel.SMS,
+                                       error_code=code or status,
+                                       permanent=(error or "") in PERMANENT_CODES,
+                                       failed_at=now), occurred_at=now)
+        await uow.commit()
+    if changed:
+        log.info("inbound.receipt", message_id=str(message.message_id), status=settles,
+                 code=error_code(error) if error else None)
+    return ReceiptOutcome("message", changed)
+
+
+async def _confirmation_receipt(session: Any, provider_message_id: str, settles: str | None,
+                                error: str | None) -> bool:
+    found = (await session.execute(
+        sa.select(confirmations.c.confirmation_id, confirmations.c.status)
+        .where(confirmations.c.provider_message_id == provider_message_id)
+        .limit(1).with_for_update())).first()
+    if found is None:
+        raise Problem(404, detail="No message with this provider message id was sent from "
+                                  "here.")
+    # A confirmation's receipt is kept for the record only: it is not a reminder, and
+    # no event describes it.
+    if settles is None or found.status != "sent":
+        return False
+    await session.execute(sa.update(confirmations).where(
+        confirmations.c.confirmation_id == found.confirmation_id).values(
+        status=settles, error_code=error_code(error) if error and settles == "failed"
+        else None, updated_at=sa.func.now()))
+    return True
+
+
+# -- replies for reps -----------------------------------------------------------------------
+
+async def list_replies(ctx: NotificationsContext, caller: Caller, ballot_id: uuid.UUID, *,
+                       intent: ReplyIntent | None = None, limit: int = 100) -> list[dict]:
+    """A ballot's replies, newest first, limited to the members the caller may see (by
+    their placement on the ballot's roll: a rep's branches, an organiser's groups). The
+    text is there only for unclassified replies, the ones a person has to read."""
+    assert ctx.sessions is not None and ctx.sealer is not None
+    query = (sa.select(replies, roll.c.group_code, roll.c.branch_code)
+             .join(roll, sa.and_(roll.c.ballot_id == replies.c.ballot_id,
+                                 roll.c.member_id == replies.c.member_id))
+             .where(replies.c.ballot_id == ballot_id, caller.scope_clause(roll))
+             .order_by(replies.c.received_at.desc(), replies.c.reply_id)
+             .limit(limit))
+    if intent is not None:
+        query = query.where(replies.c.intent == intent.value)
+    async with ctx.sessions() as session:
+        rows = (await session.execute(query)).all()
+    return [{"reply_id": r.reply_id, "member_id": r.member_id, "ballot_id": r.ballot_id,
+             "in_reply_to": r.in_reply_to, "intent": r.intent,
+             "text": (ctx.sealer.open(r.reply_id, r.text_sealed)
+                      if r.text_sealed is not None else None),
+             "group_code": r.group_code, "branch_code": r.branch_code,
+             "received_at": r.received_at} for r in rows]
