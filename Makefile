@@ -1,9 +1,12 @@
 # The two commands a newcomer needs are `make up` and `make test` (see README.md).
 .PHONY: up down status test test-unit lint schemas bench
 
+# `make up` runs the demo (a synthetic union, an open ballot, reminders, simulated reps);
+# `make up DEMO=0` starts the same system without it.
+DEMO ?= 1
 up:
 	@scripts/bootstrap.sh
-	@uv run turnout up
+	@uv run turnout up $(if $(filter 0 no false,$(DEMO)),--no-demo,--demo)
 
 down:
 	@uv run turnout down

@@ -1,5 +1,6 @@
 """The Turnout services as local processes: started detached by `turnout up`, each with a
-pid file and a log under `.local/`, stopped by `turnout down`.
+pid file and a log under `.local/services/`, stopped by `turnout down`. Other long-lived
+helpers (the demo's simulated reps) run the same way, through `spawn` and `stop_process`.
 
 A service is run only if its package is installed in the workspace, so `turnout up`
 starts "whichever services exist" as they are built.
@@ -61,24 +62,44 @@ def _dir() -> Path:
     return path
 
 
-def pid_file(spec: ServiceSpec) -> Path:
-    return _dir() / f"{spec.name}.pid"
+def pid_file(spec: ServiceSpec | str) -> Path:
+    return _dir() / f"{_name(spec)}.pid"
 
 
-def log_file(spec: ServiceSpec) -> Path:
-    return _dir() / f"{spec.name}.log"
+def log_file(spec: ServiceSpec | str) -> Path:
+    return _dir() / f"{_name(spec)}.log"
+
+
+def _name(spec: ServiceSpec | str) -> str:
+    return spec if isinstance(spec, str) else spec.name
 
 
 def start(spec: ServiceSpec, env: dict[str, str]) -> None:
-    if read_pid(pid_file(spec)) is not None:
-        return
-    log = open(log_file(spec), "ab")  # noqa: SIM115 - handed to the child process
+    spawn(spec.name, [sys.executable, "-m", spec.module], env)
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str]) -> bool:
+    """Start `argv` detached (its own session, so `turnout up` may exit), output appended
+    to the log, pid recorded. False, and nothing started, if it already runs."""
+    if running(name):
+        return False
+    log = open(log_file(name), "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
-        [sys.executable, "-m", spec.module],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    pid_file(spec).write_text(str(proc.pid))
+    pid_file(name).write_text(str(proc.pid))
+    return True
+
+
+def running(name: str) -> bool:
+    return read_pid(pid_file(name)) is not None
+
+
+def stop_process(name: str, *, timeout: float = 30.0) -> None:
+    if (pid := read_pid(pid_file(name))) is not None:
+        stop_pid(pid, timeout=timeout)
+    pid_file(name).unlink(missing_ok=True)
 
 
 def wait_ready(spec: ServiceSpec, *, timeout: float = 90.0) -> None:
@@ -101,18 +122,16 @@ def wait_ready(spec: ServiceSpec, *, timeout: float = 90.0) -> None:
 
 
 def stop(spec: ServiceSpec) -> None:
-    if (pid := read_pid(pid_file(spec))) is not None:
-        stop_pid(pid, timeout=30)
-    pid_file(spec).unlink(missing_ok=True)
+    stop_process(spec.name)
 
 
 def status(spec: ServiceSpec) -> dict[str, object]:
-    running = read_pid(pid_file(spec)) is not None
+    alive = running(spec.name)
     ready = False
-    if running:
+    if alive:
         try:
             ready = httpx.get(f"{spec.url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             ready = False
-    return {"mode": "process", "running": running and ready, "url": spec.url,
+    return {"mode": "process", "running": alive and ready, "url": spec.url,
             "log": str(log_file(spec))}

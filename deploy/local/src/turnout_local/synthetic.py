@@ -121,7 +121,7 @@ def generate_union(
         raise ValueError("contact_coverage is a share between 0 and 1")
     rng = random.Random(seed)
 
-    group_codes = [f"G{g + 1:02d}" for g in range(groups)]
+    group_codes = union_group_codes(groups)
     branch_codes = [f"B{b + 1:03d}" for b in range(branches)]
     # Every group has at least one branch; the rest are spread unevenly.
     branch_group = [group_codes[b] if b < groups else rng.choice(group_codes)
@@ -156,7 +156,7 @@ def generate_union(
             roll = rng.random()
             has_mobile = roll < 0.88
             has_email = roll >= 0.55
-        mobile = _mobile(rng) if has_mobile else None
+        mobile = random_mobile(rng) if has_mobile else None
         email = _email(rng, first, last, n) if has_email else None
         yield SyntheticMember(
             membership_number=f"M{n:06d}",
@@ -180,7 +180,14 @@ def _beta(rng: random.Random, mean: float, spread: float) -> float:
     return rng.betavariate(mean * spread, (1.0 - mean) * spread)
 
 
-def _mobile(rng: random.Random) -> str:
+def union_group_codes(groups: int = 6) -> list[str]:
+    """The group codes of a union generated with `groups` groups: G01, G02, ..."""
+    return [f"G{g + 1:02d}" for g in range(groups)]
+
+
+def random_mobile(rng: random.Random) -> str:
+    """A UK mobile number written one of the ways people type them (see the module's
+    warning: it may be a real person's; use it only with the sandbox provider)."""
     prefix = rng.choice(MOBILE_PREFIXES)
     rest = f"{rng.randrange(1_000_000):06d}"
     style = rng.random()
