@@ -13,6 +13,12 @@ every 201 must be one vote row and one published event. A second, shorter run re
 marks of members already voted (the idempotent path, nothing published). For scale, the
 same requests then go to an endpoint that does nothing behind the kit's HTTP stack.
 
+Printed: marks/s beside the limit and their ratio; the service process's CPU time per
+mark (user + system, relay included) and how busy it was - on a machine shared with
+other work the wall-clock rate says as much about the neighbours as about the service,
+CPU per mark does not; marks per group-commit transaction; and the kit-only endpoint's
+requests/s and CPU per request from the same run, with a mark's cost as a multiple of it.
+
 Uses the servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL, else the local runtime.
 """
 
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,7 +70,7 @@ end
 
 function init(args)
   path, offset, nthreads = args[1], tonumber(args[2]), tonumber(args[3])
-  base, token = args[4], args[5]
+  base, token = args[4], args[5]  -- base: the path the member ids are appended to
   for line in io.lines(path) do ids[#ids + 1] = line end
   counter = 0
   statuses = {}
@@ -203,6 +210,18 @@ async def wait_drained(dsn: str, timeout: float = 600) -> float:
     return time.monotonic() - started
 
 
+def batch_totals(base: str) -> tuple[float, float]:
+    """(commands, transactions) of the service's group commit so far, from /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        found = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+        return float(found[1]) if found else 0.0
+
+    return (total("ballots_group_commit_batch_size_sum"),
+            total("ballots_group_commit_batch_size_count"))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -216,7 +235,7 @@ def run_wrk(ids_file: Path, *, offset: int, base: str, token: str, seconds: int,
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", script.name, base, "--", str(ids_file), str(offset), str(threads),
-         base, token],
+         urlsplit(base).path, token],  # origin-form targets, as any client sends
         capture_output=True, text=True, check=True).stdout
     Path(script.name).unlink()
 
@@ -283,13 +302,17 @@ async def measure(infra, members: int, seconds: int, connections: int,
         await wait_drained(dsn)
         warmed = int(warm.get("status_201", 0))
 
-        cpu_before = cpu_seconds(proc.pid)
+        batches_before = batch_totals(base)
+        cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
         # The warm-up's requests still in flight when it stopped marked members after
         # the answered ones: start past them.
         first = run_wrk(ids_file, offset=warmed + connections, base=base + path,
                         token=rep_token,
                         seconds=seconds, connections=connections)
         cpu_used = cpu_seconds(proc.pid) - cpu_before
+        busy = cpu_used / (time.monotonic() - wall_before)
+        commands, commits = (after - before for after, before in
+                             zip(batch_totals(base), batches_before, strict=True))
         created_marks = int(first.get("status_201", 0))
         others = {k[7:]: int(v) for k, v in first.items()
                   if k.startswith("status_") and k != "status_201"}
@@ -338,13 +361,17 @@ async def measure(infra, members: int, seconds: int, connections: int,
           f"{created_marks + warmed:,}, plus up to {connections} per run still in flight "
           f"when wrk stopped); outbox drained {drain:.1f}s after the run")
     answered = created_marks + sum(others.values())
-    print(f"  service process CPU: {cpu_used * 1000 / answered:.2f} ms per mark, i.e. "
+    cpu_ms = cpu_used * 1000 / answered
+    print(f"  service process CPU: {cpu_ms:.2f} ms per mark, i.e. "
           f"{answered / cpu_used:,.0f} marks per CPU-second (relay and consumers included); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"busy {busy:.0%} of the run; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print(f"  group commit: {commands / max(commits, 1):.1f} marks per transaction "
+          f"({commits:,.0f} transactions)")
     if reference is not None:
         print(f"for scale, the kit's HTTP stack alone (same request, an endpoint doing "
               f"nothing): {reference['rate']:,.0f} requests/s, {reference['cpu_ms']:.2f} ms "
-              "CPU per request")
+              f"CPU per request; a mark costs {cpu_ms / reference['cpu_ms']:.2f} times that")
     print(f"repeat marks: {again['rate']:>8,.0f} marks/s  (idempotent: 200s "
           f"{int(again.get('status_200', 0)):,}, new events {voted_after - voted_events}, "
           f"new rows {rows_after - vote_rows})")

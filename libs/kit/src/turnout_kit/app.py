@@ -133,9 +133,12 @@ def create_app(
     app.add_middleware(AccessMiddleware)
     app.add_middleware(CorrelationIdMiddleware)
 
-    _add_operational_routes(app)
     for router in routers:
         app.include_router(router)
+    # After the service's routes: a request is matched against the routes in order, and
+    # the probes are a few requests a minute where the service's own are thousands a
+    # second (their paths overlap none of the services').
+    _add_operational_routes(app)
     return app
 
 

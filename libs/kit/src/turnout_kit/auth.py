@@ -354,6 +354,27 @@ current_caller = BearerCaller(
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 
 
+async def accepted_caller(request: Request) -> Caller | None:
+    """The caller `current_caller` would give for this request, or None where it would
+    refuse - quietly, without its 401 or its log line. For a route's fast path, which
+    serves the requests it fully understands and hands every other to the route's
+    ordinary handling (there `current_caller` refuses, and logs, once)."""
+    # The header parsed as FastAPI's HTTPBearer parses it.
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    verifier: TokenVerifier | None = getattr(request.app.state, "token_verifier", None)
+    if verifier is None:
+        return None
+    try:
+        caller = await verifier.verify_async(token)
+    except InvalidToken:
+        return None
+    request.state.caller = caller  # for the access log, as current_caller leaves it
+    return caller
+
+
 def require_roles(*roles: Role | str) -> Callable[..., Awaitable[Caller]]:
     """A dependency that lets only these roles through (403 otherwise)."""
     allowed = frozenset(Role(r) for r in roles)

@@ -57,6 +57,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Caller, InvalidToken, TokenVerifier
+from .middleware import header_values
 from .problems import problem_response
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
 log = structlog.get_logger("turnout_kit.idempotency")
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+_KEY_HEADER = IDEMPOTENCY_KEY_HEADER.lower().encode("latin-1")
 REPLAYED_HEADER = "Idempotent-Replayed"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -394,12 +396,12 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] not in MUTATING_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        keys = headers.getlist(IDEMPOTENCY_KEY_HEADER)
+        keys = header_values(scope, _KEY_HEADER)
         engine = self.engine_getter() if keys else None
         if engine is None or self.excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
         if len(keys) != 1 or not is_valid_key(keys[0]):
             OUTCOMES.labels("invalid_key").inc()
             await problem_response(

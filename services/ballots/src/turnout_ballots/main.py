@@ -15,7 +15,7 @@ from turnout_kit.db import session_factory
 from turnout_kit.logging import broker_logger, configure_logging
 from turnout_kit.readiness import broker_check
 
-from .api import routers
+from .api import routers, votes
 from .context import BallotsContext
 from .messaging.subscribers import register_subscribers
 from .service import enrolment
@@ -64,7 +64,10 @@ def create_ballots_app(settings: BallotsSettings | None = None) -> FastAPI:
         if ctx.engine is not None:
             await ctx.engine.dispose()
 
-    app = create_app(settings, title="Turnout ballots", version="1.0.0", routers=routers,
+    # Vote marks first: requests are matched against the routers in order, and marks are
+    # most of them (no path of one router matches another's).
+    ordered = [votes.router, *(r for r in routers if r is not votes.router)]
+    app = create_app(settings, title="Turnout ballots", version="1.0.0", routers=ordered,
                      broker=broker, on_startup=[start], on_shutdown=[stop])
     app.state.ctx = ctx
     return app

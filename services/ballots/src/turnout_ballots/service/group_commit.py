@@ -29,8 +29,15 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
+from prometheus_client import Histogram
 
 log = structlog.get_logger("turnout.ballots.group_commit")
+
+# How full the shared transactions are: one command each when the service is quiet, tens
+# under load. Shown in /metrics, and read by bench/mark_votes.py.
+BATCH_SIZE = Histogram("ballots_group_commit_batch_size",
+                       "Commands written by one group-commit transaction.",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 
 Command = TypeVar("Command")
 Result = TypeVar("Result")
@@ -109,6 +116,7 @@ class GroupCommit(Generic[Command, Result]):
             return
         self.batches += 1
         self.commands += len(batch)
+        BATCH_SIZE.observe(len(batch))
         for pending, result in zip(batch, results, strict=True):
             if not pending.result.done():  # its caller may have gone away
                 pending.result.set_result(result)
