@@ -8,13 +8,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from turnout_reporting.projections.fold import (
-    COUNTS,
-    BallotMemberState,
-    MemberState,
-    fold,
-    hour_of,
-)
+from turnout_reporting.projections.decode import EventDecoder
+from turnout_reporting.projections.fold import COUNTS, MemberStates, fold, hour_of
 from turnout_reporting.synthetic import generate_ballot
 
 from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
@@ -27,28 +22,34 @@ pytestmark = pytest.mark.unit
 
 BALLOT = uuid.UUID(BALLOT_ID)
 T0 = datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+DECODER = EventDecoder()
+
+
+def as_uuid(unit: tuple) -> tuple:
+    """A unit key as the generator's truth writes it (the fold's ballot ids are strings)."""
+    return (uuid.UUID(unit[0]), *unit[1:])
 
 
 class Projection:
     """The fold's state kept across batches in memory, as the database keeps it."""
 
     def __init__(self) -> None:
-        self.members: dict[uuid.UUID, MemberState] = {}
-        self.enrolments: dict[uuid.UUID, dict[uuid.UUID, BallotMemberState]] = {}
+        self.states: dict[str, MemberStates] = {}
         self.totals: dict[tuple, list[int]] = {}
         self.hourly: dict[tuple, int] = {}
 
     def apply(self, envelopes: list[Envelope]) -> None:
-        events = [(e, p) for e in envelopes if (p := parse_payload(e)) is not None]
-        result = fold(self.members, self.enrolments, events)
-        self.members.update(result.members)
-        for state in result.enrolments:
-            self.enrolments.setdefault(state.member_id, {})[state.ballot_id] = state
+        # The contract's models, in the fold's form (as the consumer's decoder makes it).
+        events = [DECODER.from_contract(e, p) for e in envelopes
+                  if (p := parse_payload(e)) is not None]
+        result = fold(self.states, events)
+        self.states.update(result.states)
         for unit, delta in result.deltas.items():
-            row = self.totals.setdefault(unit, [0] * len(COUNTS))
+            row = self.totals.setdefault(as_uuid(unit), [0] * len(COUNTS))
             for i, d in enumerate(delta):
                 row[i] += d
-        for key, votes in result.hourly.items():
+        for (unit, hour), votes in result.hourly.items():
+            key = (as_uuid(unit), hour)
             self.hourly[key] = self.hourly.get(key, 0) + votes
 
     def numbers(self) -> dict[tuple, list[int]]:
@@ -240,3 +241,40 @@ def test_without_a_placement_from_contacts_the_roll_places_the_member():
     projection = folded([enrolled(branch="B7")])
     assert projection.row("branch", "G1", "B7")["eligible"] == 1
     assert projection.row("branch", "G1", "B7")["hard_to_reach"] == 1
+
+
+# -- what the consumer knows in memory --------------------------------------------------
+
+def test_a_member_remembered_as_stored_is_never_reported_unseen():
+    from turnout_reporting.projections.folder import StoredMembers
+
+    stored = StoredMembers()
+    written = {str(uuid.UUID(int=random.Random(i).getrandbits(128))) for i in range(50_000)}
+    stored.add(written)
+    assert all(stored.maybe(m) for m in written)  # no false "never stored"
+    others = [str(uuid.uuid4()) for _ in range(20_000)]
+    # ...and a needless "maybe" (a load that finds nothing) stays rare.
+    assert sum(stored.maybe(m) for m in others) < len(others) * 0.01
+
+
+def test_partitions_ahead_in_publish_time_wait_for_the_one_furthest_behind():
+    from turnout_reporting.projections.folder import Folder
+
+    folder = Folder.__new__(Folder)  # its in-memory positions only
+    folder.positions = {("c", 0): 10, ("b", 0): 10, ("n", 0): 10}
+    ends = {("c", 0): 100, ("b", 0): 100, ("n", 0): 100}
+    folder.times = {("c", 0): 1_000, ("b", 0): 4_000, ("n", 0): 9_000}
+    pause, read = folder.ahead(ends.get, slack_ms=2_000)
+    assert pause == {("b", 0), ("n", 0)} and read == {("c", 0)}
+    # A partition that has given nothing yet may be furthest behind: the others wait.
+    folder.times = {("c", 0): 1_000, ("b", 0): 1_500}
+    pause, _ = folder.ahead(ends.get, slack_ms=2_000)
+    assert pause == {("c", 0), ("b", 0)}
+    # One that has nothing more to give holds nobody back.
+    folder.times = {("c", 0): 1_000, ("b", 0): 4_000, ("n", 0): 9_000}
+    folder.positions[("c", 0)] = 100
+    pause, read = folder.ahead(ends.get, slack_ms=2_000)
+    assert pause == {("n", 0)} and read == {("c", 0), ("b", 0)}
+    # Caught up everywhere: nothing waits.
+    folder.positions = dict(ends)
+    assert folder.ahead(ends.get, slack_ms=2_000) == (set(), set(ends))

@@ -1,5 +1,6 @@
 """Reading turnout: rows per level in the caller's scope, sorted by votes still needed,
-as CSV, and a unit's timeline; unknown ballots and out-of-scope units are not found."""
+as CSV, and a unit's timeline by hour or by London day; the ballots a caller can watch;
+unknown ballots and out-of-scope units are not found."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import csv
 import io
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from turnout_reporting.synthetic import generate_ballot
 
 from services.reporting.tests.events import as_envelope, publish
+from services.reporting.tests.test_stream import OPENS_AT, roll, vote
+from tests.support.events import eventually
+from turnout_events.ballots import BallotOpened
+from turnout_events.samples import sample_envelope
 
 pytestmark = pytest.mark.integration
+
+LONDON = ZoneInfo("Europe/London")
 
 
 @pytest.fixture
@@ -132,3 +141,87 @@ async def test_unknown_ballots_and_bad_levels(reporting_app, tokens, folded_ball
     assert bad.status_code == 422 and "level" in bad.json()["detail"]
     anonymous = await reporting_app.get(f"/v1/ballots/{folded_ballot.ballot_id}/turnout")
     assert anonymous.status_code == 401
+
+
+async def test_daily_buckets_are_london_days(reporting_app, tokens, topics, kafka_bootstrap):
+    ballot_id = uuid.uuid4()
+    events, members = roll(ballot_id)
+    # Around the clocks going forward (01:00 GMT on 29 March 2026) and in summer time.
+    times = [datetime(2026, 3, 28, 23, 30, tzinfo=UTC),  # 23:30 GMT, the 28th
+             datetime(2026, 3, 29, 0, 30, tzinfo=UTC),   # 00:30 GMT, the 29th
+             datetime(2026, 3, 29, 22, 59, tzinfo=UTC),  # 23:59 BST, the 29th
+             datetime(2026, 3, 29, 23, 30, tzinfo=UTC),  # 00:30 BST, the 30th
+             datetime(2026, 6, 10, 23, 30, tzinfo=UTC)]  # 00:30 BST, 11 June
+    voters = [m for m, place in members.items() if place[1] == "B1"][:len(times)]
+    await publish(kafka_bootstrap, topics,
+                  events + [vote(ballot_id, m, at) for m, at in zip(voters, times, strict=True)])
+    national = tokens("national")
+    path = f"/v1/ballots/{ballot_id}/timeline"
+
+    async def folded() -> bool:
+        response = await reporting_app.get(path, headers=national)
+        return response.status_code == 200 and (
+            [b["cumulative"] for b in response.json()["buckets"]][-1:] == [len(times)])
+
+    await eventually(folded, what="the votes to be folded", timeout=60)
+
+    for params in ({}, {"level": "branch", "unit": "B1"}):
+        days = await reporting_app.get(path, params={**params, "bucket": "day"},
+                                       headers=national)
+        assert days.status_code == 200, days.text
+        body = days.json()
+        assert (body["bucket"], body["time_zone"]) == ("day", "Europe/London")
+        assert [(b["day"], b["votes"], b["cumulative"]) for b in body["buckets"]] == [
+            ("2026-03-28", 1, 1), ("2026-03-29", 2, 3), ("2026-03-30", 1, 4),
+            ("2026-06-11", 1, 5)]
+        starts = [datetime.fromisoformat(b["start"]) for b in body["buckets"]]
+        assert starts == [datetime(2026, 3, 28, tzinfo=LONDON),
+                          datetime(2026, 3, 29, tzinfo=LONDON),
+                          datetime(2026, 3, 30, tzinfo=LONDON),
+                          datetime(2026, 6, 11, tzinfo=LONDON)]
+        assert [s.utcoffset().total_seconds() for s in starts] == [0, 0, 3600, 3600]
+        hours = (await reporting_app.get(path, params=params, headers=national)).json()
+        assert hours["bucket"] == "hour"
+        assert [datetime.fromisoformat(b["hour"]) for b in hours["buckets"]] == [
+            at.replace(minute=0) for at in times]
+    bad = await reporting_app.get(path, params={"bucket": "week"}, headers=national)
+    assert bad.status_code == 422 and "bucket" in bad.text
+
+
+async def test_ballots_are_listed_in_the_callers_scope(reporting_app, tokens, topics,
+                                                      kafka_bootstrap):
+    ballot_id = uuid.uuid4()
+    events, members = roll(ballot_id)
+    voters = [m for m, place in members.items() if place[1] == "B1"][:2]
+    # A second ballot that has opened but has no enrolment folded yet.
+    announced = uuid.uuid4()
+    events += [vote(ballot_id, m) for m in voters] + [sample_envelope(
+        BallotOpened, ballot_id=str(announced), ballot_name="Survey 2026",
+        opens_at=(OPENS_AT + timedelta(days=1)).isoformat(),
+        closes_at=(OPENS_AT + timedelta(days=30)).isoformat(), turnout_threshold=None,
+        eligible_count=0)]
+    await publish(kafka_bootstrap, topics, events)
+    national = tokens("national")
+
+    async def listed() -> list[dict]:
+        items = (await reporting_app.get("/v1/ballots", headers=national)).json()["items"]
+        ours = [b for b in items if b["ballot_id"] in (str(ballot_id), str(announced))]
+        return ours if len(ours) == 2 and ours[1]["voted"] == 2 else []
+
+    ours = await eventually(listed, what="both ballots to be listed", timeout=60)
+    # The newest first; the national totals.
+    assert [(b["ballot_id"], b["name"], b["threshold"], b["level"], b["eligible"],
+             b["voted"]) for b in ours] == [
+        (str(announced), "Survey 2026", None, "national", 0, 0),
+        (str(ballot_id), "Stream test ballot", 0.5, "national", 12, 2)]
+
+    def scoped(**claims):
+        return reporting_app.get("/v1/ballots", headers=tokens(**claims))
+
+    rep = (await scoped(role="rep", branches=["B1"])).json()["items"]
+    assert [(b["ballot_id"], b["level"], b["eligible"], b["voted"]) for b in rep] == [
+        (str(ballot_id), "branch", 6, 2)]
+    organiser = (await scoped(role="organiser", groups=["G2"])).json()["items"]
+    assert [(b["level"], b["eligible"], b["voted"]) for b in organiser] == [("group", 3, 0)]
+    assert (await scoped(role="rep", branches=["B9"])).json()["items"] == []
+    assert (await reporting_app.get("/v1/ballots")).status_code == 401

@@ -213,6 +213,11 @@ def _add_service_commands() -> None:
     except ImportError:  # pragma: no cover - a slimmed install without the service
         return
     app.add_typer(contacts_app, name="contacts")
+    try:
+        from turnout_reporting.cli import app as reporting_app
+    except ImportError:  # pragma: no cover - a slimmed install without the service
+        return
+    app.add_typer(reporting_app, name="reporting")
 
 
 _add_service_commands()

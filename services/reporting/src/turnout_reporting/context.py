@@ -3,6 +3,7 @@ the startup hook (engines and pools exist only once the event loop runs)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -24,6 +25,8 @@ class ReportingContext:
     sessions: async_sessionmaker[AsyncSession] | None = None
     pool: asyncpg.Pool | None = field(default=None, repr=False)
     consumer: FoldConsumer | None = field(default=None, repr=False)
+    # A rebuild this instance coordinates (service/rebuild.py), while it runs.
+    rebuild: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: ReportingSettings) -> ReportingContext:

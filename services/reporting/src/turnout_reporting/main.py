@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import asyncpg
 from fastapi import FastAPI
 
-from turnout_events.relay import asyncpg_dsn
 from turnout_kit.app import create_app, open_database, serve, start_with_retry
 from turnout_kit.db import session_factory
 from turnout_kit.logging import configure_logging
 from turnout_kit.readiness import kafka_check
 
 from .api import routers
+from .api.stream import close_change_hub
 from .context import ReportingContext
 from .messaging.consumer import FoldConsumer
+from .projections.store import fold_pool
 from .settings import ReportingSettings
 
 MIGRATIONS = Path(__file__).parent / "db" / "migrations"
@@ -33,9 +33,7 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
         ctx.sessions = session_factory(ctx.engine)
         app.state.readiness_checks.append(kafka_check(settings.kafka_bootstrap_servers))
         if settings.fold_enabled:
-            ctx.pool = await asyncpg.create_pool(
-                asyncpg_dsn(settings.database_url), min_size=1, max_size=2,
-                server_settings={"application_name": "reporting-fold"})
+            ctx.pool = await fold_pool(settings.database_url, "reporting-fold")
             ctx.consumer = FoldConsumer(settings, ctx.topics, ctx.pool)
             # Kafka may be away when the service starts: serve the numbers already
             # folded and keep trying to join the group in the background.
@@ -43,6 +41,11 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
                                                             name="fold_consumer")
 
     async def stop(app: FastAPI) -> None:
+        if ctx.rebuild is not None and not ctx.rebuild.done():
+            # Interrupted: it drops its shadow tables; the live numbers are untouched.
+            ctx.rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx.rebuild
         starter = getattr(app.state, "fold_starter", None)
         if starter is not None and not starter.done():
             starter.cancel()
@@ -54,6 +57,8 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
         if ctx.pool is not None:
             await ctx.pool.close()
             ctx.pool = None
+        # Stream clients are told to go (the hub's LISTEN connection closes with them).
+        await close_change_hub(app)
         if ctx.engine is not None:
             await ctx.engine.dispose()
 

@@ -16,10 +16,22 @@ class ReportingSettings(ServiceSettings):
 
     http_port: int = 8004
 
-    # Events folded per transaction. Bigger batches amortise the round trips (one load,
-    # one upsert per table, one commit); smaller ones show changes sooner.
-    fold_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # Most events folded per transaction. A batch takes what has arrived, up to this: at
+    # a demo's pace that is a handful (changes show at once); catching up it is this
+    # many, and bigger batches amortise the round trips and the per-row costs (one load,
+    # one upsert per table, one commit; the national and group rows once per batch).
+    fold_batch_size: int = Field(default=50_000, ge=1, le=200_000)
     # How long a poll waits for more events before folding what it has.
     fold_poll_ms: int = Field(default=200, ge=1, le=10_000)
+    # Bytes fetched per partition per request: what can be prefetched while a batch folds.
+    fold_fetch_partition_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024,
+                                            le=64 * 1024 * 1024)
+    # Members whose latest states the fold keeps in memory, so that their next events
+    # need not load them (about 700 bytes each); 0 loads every member a batch touches.
+    fold_recent_states: int = Field(default=100_000, ge=0, le=10_000_000)
+    # Catching up, partitions read ahead of the others by more than this much publish
+    # time wait for them, so that a member's events from the three topics are folded
+    # together (see Folder.ahead); 0 reads every partition as fast as it comes.
+    fold_align_ms: int = Field(default=2000, ge=0, le=3_600_000)
     # Off for an instance that only serves HTTP (the projections are folded elsewhere).
     fold_enabled: bool = True

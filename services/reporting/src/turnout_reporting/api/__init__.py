@@ -1,3 +1,3 @@
-from . import turnout
+from . import admin, ballots, dashboard, stream, turnout
 
-routers = [turnout.router]
+routers = [turnout.router, ballots.router, stream.router, dashboard.router, admin.router]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -56,8 +56,20 @@ class TurnoutPage(BaseModel):
     items: list[TurnoutRow]
 
 
-class Bucket(BaseModel):
+BucketSize = Annotated[Literal["hour", "day"], Query(description=(
+    "hour (UTC hours) or day (Europe/London local days, 23 or 25 hours long when the "
+    "clocks change)."))]
+
+
+class HourBucket(BaseModel):
     hour: datetime
+    votes: int
+    cumulative: int
+
+
+class DayBucket(BaseModel):
+    day: date
+    start: datetime  # local midnight, with its UTC offset
     votes: int
     cumulative: int
 
@@ -66,10 +78,13 @@ class Timeline(BaseModel):
     ballot_id: uuid.UUID
     level: str
     unit: str
+    bucket: Literal["hour", "day"]
+    time_zone: str
     eligible: int
     threshold: float | None
     threshold_votes: int | None
-    buckets: list[Bucket]
+    # Net votes per bucket (buckets with none are left out) and the running total.
+    buckets: list[HourBucket] | list[DayBucket]
 
 
 CSV_COLUMNS = tuple(TurnoutRow.model_fields)
@@ -102,6 +117,8 @@ async def get_turnout_csv(ballot_id: uuid.UUID, ctx: Ctx, caller: CurrentCaller,
 
 @router.get("/ballots/{ballot_id}/timeline", response_model=Timeline)
 async def get_timeline(ballot_id: uuid.UUID, ctx: Ctx, caller: CurrentCaller,
-                       level: Level = None, unit: Unit = None) -> Any:
+                       level: Level = None, unit: Unit = None,
+                       bucket: BucketSize = "hour") -> Any:
     level = level or queries.default_level(caller)
-    return await queries.timeline(ctx, caller, ballot_id, level=level, unit=unit)
+    return await queries.timeline(ctx, caller, ballot_id, level=level, unit=unit,
+                                  bucket=bucket)

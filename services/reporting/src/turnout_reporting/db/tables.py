@@ -41,6 +41,8 @@ member_states = sa.Table(
     sa.Column("group_code", sa.Text),
     sa.Column("branch_code", sa.Text),
     sa.Column("workplace_code", sa.Text),
+    # Room on each page for the state's next versions (updated in place: HOT).
+    postgresql_with={"fillfactor": 75},
 )
 
 # One member in one ballot, as far as the events told us; a row may exist before the
@@ -62,6 +64,7 @@ ballot_members = sa.Table(
     # Distinct ids: a request or reminder published twice counts once.
     sa.Column("replacement_requests", ARRAY(UUID(as_uuid=True)), nullable=False),
     sa.Column("reminders", ARRAY(UUID(as_uuid=True)), nullable=False),
+    postgresql_with={"fillfactor": 75},
 )
 
 ballots = sa.Table(
@@ -128,4 +131,27 @@ turnout_changes = sa.Table(
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
     sa.Index("turnout_changes_ballot_seq", "ballot_id", "seq"),
+)
+
+# Rebuilds of the projections from the beginning of the topics (service/rebuild.py): one
+# row each, its progress updated as it folds, so either instance can answer for it.
+rebuilds = sa.Table(
+    "rebuilds",
+    metadata,
+    sa.Column("rebuild_id", UUID(as_uuid=True), primary_key=True),
+    # folding (into the shadow tables), swapping (them in), done, failed
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("requested_by", sa.Text, nullable=False),  # the caller's actor
+    sa.Column("events_folded", sa.BigInteger, nullable=False, server_default="0"),
+    # the records in the topics (their end offsets summed), as last seen
+    sa.Column("events_total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),  # why it failed: a kind of error, never event data
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("state IN ('folding', 'swapping', 'done', 'failed')",
+                       name="rebuilds_state"),
+    sa.Index("rebuilds_started_at", "started_at"),
 )

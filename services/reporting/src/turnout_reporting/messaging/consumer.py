@@ -10,39 +10,36 @@ waits for the batch in flight.
 Kafka's committed offsets are never used (enable_auto_commit=False, nothing committed):
 the database is the only record of where the fold is, so the effects and the position
 cannot disagree after a crash at any point.
+
+Batches overlap (`projections.folder.Folder`): while one commits, the next is fetched
+(`Prefetch`), decoded and folded. Catching up, partitions that run ahead in publish time
+wait for the others (`align`), so that a member's events from three topics are folded
+together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
+import gc
+from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from prometheus_client import Counter, Histogram
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from prometheus_client import Counter
 
-from turnout_events.envelope import InvalidEvent
-from turnout_events.registry import parse_payload
-from turnout_events.serde import decode
 from turnout_events.topics import TopicRegistry
 
-from ..projections.fold import FoldResult
-from ..projections.store import BatchItem, Position, apply_batch, stored_offsets
+from ..projections.folder import Fetched, Folder, OnBatch
 from ..settings import ReportingSettings
 
 log = structlog.get_logger("turnout.reporting.consumer")
 
-FOLDED = Counter("reporting_events_folded_total", "Records folded (committed) by reporting")
 DEAD_LETTERED = Counter("reporting_events_dead_lettered_total",
                         "Records sent to the dead-letter topic by reporting")
-BATCH_SECONDS = Histogram("reporting_fold_batch_seconds", "One batch: decode, fold, commit",
-                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-
-OnBatch = Callable[[FoldResult], Awaitable[None]]
 
 # Back off between attempts when the database or the broker fails under us.
 RETRY_INITIAL_DELAY = 0.2
@@ -58,6 +55,85 @@ def source_topics(topics: TopicRegistry) -> list[str]:
             topics.events("notifications")]
 
 
+def consumer_options(settings: ReportingSettings) -> dict[str, Any]:
+    """How the fold reads Kafka; the benchmark's bare consumer reads the same way."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        # Room for about a batch to be prefetched while the one before folds.
+        "max_partition_fetch_bytes": settings.fold_fetch_partition_bytes,
+        "fetch_max_bytes": 8 * settings.fold_fetch_partition_bytes,
+    }
+
+
+def relax_garbage_collection() -> None:
+    """Collect young objects every 100,000 allocations rather than every 700.
+
+    A batch allocates about ten tracked objects per record (Kafka's records, ids, the
+    fold's keys) and frees them all by reference counting when it is done; none form
+    cycles. At CPython's default threshold the collector runs hundreds of times per
+    batch, and as the batch's live objects survive those runs they are promoted until a
+    full collection walks the whole heap — every 15,000 records or so, which took 40% of
+    the fold's time. With this threshold a batch is mostly freed before a collection
+    sees it. Process-wide, so set once; cyclic garbage elsewhere waits a little longer.
+    """
+    first, second, third = gc.get_threshold()
+    if first < 100_000:
+        gc.set_threshold(100_000, max(second, 50), max(third, 100))
+
+
+class Prefetch:
+    """Keeps one fetch ahead: the next batch's records come in while this one is folded
+    and the one before it commits, rather than after.
+
+    Each fetch is labelled with the folder's generation when it returned: records
+    fetched before the folder's positions were replaced (a rebalance, a rewind, a
+    rebuild's swap) may not follow on from the new positions, and are not folded.
+    (Fetches after a seek start from it: aiokafka drops what it fetched before.)"""
+
+    def __init__(self, consumer: AIOKafkaConsumer, folder: Folder,
+                 settings: ReportingSettings) -> None:
+        self.consumer = consumer
+        self.folder = folder
+        self.settings = settings
+        self._ahead: asyncio.Task[tuple[int, Fetched]] | None = None
+
+    async def _fetch(self) -> tuple[int, Fetched]:
+        fetched = await self.consumer.getmany(timeout_ms=self.settings.fold_poll_ms,
+                                              max_records=self.settings.fold_batch_size)
+        return self.folder.generation, fetched
+
+    async def next(self) -> tuple[int, Fetched]:
+        ahead = self._ahead or asyncio.create_task(self._fetch())
+        try:
+            result = await ahead
+        finally:
+            self._ahead = None
+        self._ahead = asyncio.create_task(self._fetch(), name="reporting-prefetch")
+        return result
+
+    def cancel(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
+
+def align(consumer: AIOKafkaConsumer, folder: Folder, slack_ms: int) -> None:
+    """Pause the partitions that ran ahead in publish time, resume the others (see
+    `Folder.ahead`)."""
+    if slack_ms <= 0:
+        return
+    assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+    pause, read = folder.ahead(
+        lambda key: consumer.highwater(assigned[key]) if key in assigned else None, slack_ms)
+    paused = {(tp.topic, tp.partition) for tp in consumer.paused()}
+    if pause - paused:
+        consumer.pause(*(assigned[k] for k in pause - paused if k in assigned))
+    if paused & read:
+        consumer.resume(*(assigned[k] for k in paused & read if k in assigned))
+
+
 class FoldConsumer:
     def __init__(self, settings: ReportingSettings, topics: TopicRegistry,
                  pool: asyncpg.Pool, *, on_batch: OnBatch | None = None) -> None:
@@ -65,31 +141,37 @@ class FoldConsumer:
         self.topics = topics
         self.group = group_id(topics)
         self.pool = pool
-        self.on_batch = on_batch
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
-        # Held while a batch is folded and committed: a revocation waits for it, so the
-        # next owner of a partition starts from offsets that are already stored.
-        self._batch_lock = asyncio.Lock()
-        # Records this instance applied and committed (not counting records it fetched
-        # that were already applied): for tests and the benchmark.
-        self.folded = 0
+        self.folder = Folder(pool, self.group, source_topics(topics), self._dead_letter,
+                             on_batch=on_batch, recent_limit=settings.fold_recent_states)
+        # Held while a batch is prepared and handed over, and by a revocation, an
+        # assignment and a rebuild's swap: none of them happens in the middle of another.
+        self.batch_lock = asyncio.Lock()
+
+    @property
+    def folded(self) -> int:
+        """Records this instance applied and committed (not counting records it fetched
+        that were already applied): for tests and the benchmark."""
+        return self.folder.folded
 
     async def start(self) -> None:
+        relax_garbage_collection()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id="reporting-dead-letter", acks="all", enable_idempotence=True)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **consumer_options(self.settings),
             group_id=self.group,
             client_id="reporting",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # A batch of a few thousand events commits well within this; the margin is
-            # for a database that is slow for a while.
+            # A batch commits well within this; the margin is for a database that is
+            # slow for a while.
             max_poll_interval_ms=300_000,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Partition n of every topic to the same instance: a member's events, on
+            # partition n of each topic, are all folded by one instance (the default,
+            # round robin, can split them, and two instances would write one member).
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         await self._producer.start()
         try:
@@ -105,8 +187,9 @@ class FoldConsumer:
         if self._task is not None:
             # Not mid-batch: a cancelled commit would be safe (it rolls back and is
             # refolded) but wasteful.
-            async with self._batch_lock:
+            async with self.batch_lock:
                 self._task.cancel()
+                await self.folder.abandon()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -118,63 +201,87 @@ class FoldConsumer:
             self._producer = None
         log.info("fold_consumer_stopped", group=self.group, folded=self.folded)
 
+    async def pause(self) -> None:
+        """Hold the fold between batches with nothing in flight (for a rebuild's swap):
+        returns with the batch lock held; `resume` releases it."""
+        await self.batch_lock.acquire()
+        try:
+            await self.folder.settle()
+        except Exception:
+            # The next batch finds the folder without positions and goes back to the
+            # stored offsets.
+            log.warning("fold_batch_failed_before_pause", group=self.group)
+
+    def resume(self) -> None:
+        self.batch_lock.release()
+
     # -- the loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._consumer is not None
         delay = RETRY_INITIAL_DELAY
-        while True:
-            fetched = await self._consumer.getmany(timeout_ms=self.settings.fold_poll_ms,
-                                                   max_records=self.settings.fold_batch_size)
-            if not fetched:
-                continue
-            try:
-                async with self._batch_lock:
-                    await self._fold(fetched)
-                delay = RETRY_INITIAL_DELAY
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Nothing was stored; go back to what was and try again. A fault in the
-                # fold itself (a bug) holds the partition here, loudly, rather than
-                # skipping events and reporting wrong numbers.
-                log.exception("fold_batch_failed", group=self.group,
-                              error=type(exc).__name__, retry_in_s=delay)
-                await asyncio.sleep(delay)  # backoff between attempts, not a race fix
-                delay = min(delay * 2, RETRY_MAX_DELAY)
-                await self._rewind()
-
-    async def _fold(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        assert self._consumer is not None
-        started = time.perf_counter()
-        # Partitions revoked since the fetch belong to someone else now.
-        assigned = self._consumer.assignment()
-        items: list[BatchItem] = []
-        for tp, records in fetched.items():
-            if tp not in assigned:
-                continue
-            items.extend((Position(r.topic, r.partition, r.offset), r) for r in records)
-        async with self.pool.acquire() as conn:
-            result, new = await apply_batch(conn, self.group, items, self._decode)
-        self.folded += new
-        FOLDED.inc(new)
-        BATCH_SECONDS.observe(time.perf_counter() - started)
-        if result is not None and self.on_batch is not None:
-            try:
-                await self.on_batch(result)
-            except Exception:
-                log.exception("fold_on_batch_failed", group=self.group)
-
-    async def _decode(self, record: ConsumerRecord):  # -> (Envelope, EventData) | None
+        prefetch = Prefetch(self._consumer, self.folder, self.settings)
         try:
-            envelope = decode(record.value)
-            payload = parse_payload(envelope)
-        except InvalidEvent as exc:
-            await self._dead_letter(record, str(exc))
-            return None
-        if payload is None:
-            return None  # a type or version we do not know: ignored by contract
-        return envelope, payload
+            while True:
+                generation, fetched = await prefetch.next()
+                try:
+                    async with self.batch_lock:
+                        await self._fold(generation, fetched)
+                    delay = RETRY_INITIAL_DELAY
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Nothing was stored; go back to what was and try again. A fault in
+                    # the fold itself (a bug) holds the partition here, loudly, rather
+                    # than skipping events and reporting wrong numbers.
+                    log.exception("fold_batch_failed", group=self.group,
+                                  error=type(exc).__name__, retry_in_s=delay)
+                    await asyncio.sleep(delay)  # backoff between attempts, not a race fix
+                    delay = min(delay * 2, RETRY_MAX_DELAY)
+                    async with self.batch_lock:
+                        await self.folder.abandon()
+                        await self._rewind()
+        finally:
+            prefetch.cancel()
+
+    async def _fold(self, generation: int, fetched: Fetched) -> None:
+        """Prepare a batch from `fetched`, and commit it once the one before has."""
+        assert self._consumer is not None
+        if not self.folder.owns() and self._consumer.assignment():
+            await self._rewind()
+        # Fetched from positions since replaced (a rebalance, a rewind): its records
+        # may not follow on from where the folder now stands.
+        usable = fetched and generation == self.folder.generation
+        batch = await self.folder.prepare(fetched) if usable else None
+        await self.folder.settle()
+        if batch is not None:
+            self.folder.start_commit(batch)
+        self._align()
+
+    def _align(self) -> None:
+        assert self._consumer is not None
+        align(self._consumer, self.folder, self.settings.fold_align_ms)
+
+    async def restart_from_stored(self) -> None:
+        """Call while paused, after the projections were replaced (a rebuild's swap):
+        forget everything folded in memory and take every partition from the new
+        stored offsets."""
+        self.folder.forget()
+        if self._consumer is not None:
+            await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Take every assigned partition from its stored offset."""
+        assert self._consumer is not None
+        await self.seek_to_stored(list(self._consumer.assignment()))
+
+    async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        stored = await self.folder.own([(tp.topic, tp.partition) for tp in partitions])
+        for tp in partitions:
+            self._consumer.seek(tp, stored[(tp.topic, tp.partition)])
+        log.info("fold_partitions_positioned", group=self.group, partitions=len(partitions),
+                 from_beginning=sum(1 for offset in stored.values() if offset == 0))
 
     async def _dead_letter(self, record: ConsumerRecord, error: str) -> None:
         """Copy the record as it was to the dead-letter topic, with why and where in
@@ -198,30 +305,6 @@ class FoldConsumer:
                     error=error[:300], topic=record.topic, partition=record.partition,
                     offset=record.offset)
 
-    async def _rewind(self) -> None:
-        """Seek every assigned partition back to its stored offset."""
-        assert self._consumer is not None
-        partitions = list(self._consumer.assignment())
-        if partitions:
-            await self.seek_to_stored(partitions)
-
-    async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        assert self._consumer is not None
-        async with self.pool.acquire() as conn:
-            stored = await stored_offsets(conn, self.group,
-                                          [(tp.topic, tp.partition) for tp in partitions])
-        fresh = []
-        for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                fresh.append(tp)
-            else:
-                self._consumer.seek(tp, offset)
-        if fresh:
-            await self._consumer.seek_to_beginning(*fresh)
-        log.info("fold_partitions_positioned", group=self.group, partitions=len(partitions),
-                 from_beginning=len(fresh))
-
 
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, owner: FoldConsumer) -> None:
@@ -230,13 +313,14 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Wait for the batch in flight to commit (or fail): its offsets are then stored
         # and the partitions' next owner starts right after it.
-        async with self.owner._batch_lock:
-            pass
+        async with self.owner.batch_lock:
+            await self.owner.folder.abandon()
+            self.owner.folder.release()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # Under the batch lock, so no batch folds while positions change under it.
-        # Records fetched from the old positions may still arrive; the stored offsets,
-        # checked in the batch's transaction, make them no-ops.
-        if assigned:
-            async with self.owner._batch_lock:
-                await self.owner.seek_to_stored(list(assigned))
+        # Records fetched from the old positions may still arrive; the positions make
+        # them no-ops.
+        async with self.owner.batch_lock:
+            await self.owner.folder.abandon()
+            await self.owner.seek_to_stored(list(assigned))

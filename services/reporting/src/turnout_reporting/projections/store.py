@@ -1,179 +1,240 @@
-"""One batch, one transaction: lock the partitions' stored offsets, drop what is already
-applied, load the state the batch touches, fold, write the changed state and each
-touched aggregate once, store the new offsets, commit.
+"""The fold's state and numbers in PostgreSQL: loading what a batch touches, and writing
+a batch's effects with the offsets after it in one transaction.
 
-Plain asyncpg rather than SQLAlchemy: this is the hot path (tens of thousands of events a
-second), and every statement is one round trip with whole columns passed as arrays
-(`unnest`), whatever the batch size.
+Exactly once rests on that transaction: the effects of a batch and the position after
+it are committed together or not at all, so after a crash, a rebalance or a retry the
+consumer resumes from a position that matches the numbers exactly.
+
+The consumer prepares a batch (decode, load, fold) while the one before it commits, so
+a batch's transaction does not read the stored offsets to decide what to apply: it
+*checks* them. `commit_batch` updates the offsets of every partition the consumer owns
+from the values it expects to the values after the batch, in one statement that locks
+those rows; if any row is not at the expected value, someone else folded there since
+(an instance that still thought it owned the partition), the states this batch was
+folded from may be stale, and the whole transaction is rolled back (`StaleOffsets`):
+the consumer goes back to the stored offsets and folds again.
+
+Every table's share of a batch goes in at once: states new to the database by binary
+COPY straight into their table, everything else by COPY into a temporary stage and one
+INSERT ... ON CONFLICT from it, in key order, so two instances folding at once lock
+shared rows (national, group) in the same order and cannot deadlock each other.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
+from msgspec.structs import astuple
 
-from turnout_events.envelope import Envelope, EventData
+from turnout_events.relay import asyncpg_dsn
 
-from .changes import record_changes
-from .fold import COUNTS, BallotMemberState, Enrolments, FoldResult, MemberState, fold
+from .changes import HOURLY_RETURNING, TURNOUT_RETURNING, record_changes
+from .fold import COUNTS, BallotMemberState, FoldResult, MemberState, MemberStates
 
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where one record sits in the log."""
-
-    topic: str
-    partition: int
-    offset: int
+PartitionKey = tuple[str, int]  # (topic, partition)
 
 
-Decoded = tuple[Envelope, EventData] | None
-# Turns a record into its event, or None for a record the fold does not use (invalid:
-# dead-lettered by the decoder; of a type nobody here knows): such records still move
-# the offset on. Called only for records not applied before, so a record seen again
-# after a rebalance is not dead-lettered twice.
-Decoder = Callable[[Any], Awaitable[Decoded]]
-BatchItem = tuple[Position, Any]  # a record's position and the record
+class StaleOffsets(Exception):
+    """The stored offsets are not where this consumer left them: another instance
+    folded these partitions since. Nothing was written."""
 
 
-async def stored_offsets(conn: asyncpg.Connection, group: str,
-                         partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    rows = await conn.fetch(
-        'SELECT topic, "partition", next_offset FROM consumer_offsets '
-        'WHERE "group" = $1 AND (topic, "partition") IN '
-        '(SELECT * FROM unnest($2::text[], $3::int[]))',
-        group, [t for t, _ in partitions], [p for _, p in partitions])
-    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+async def fold_pool(database_url: str, application_name: str, *,
+                    search_path: str | None = None, durable: bool = True) -> asyncpg.Pool:
+    """The fold's connections: one commits a batch while the other loads the states for
+    the next. JIT is off: the batch statements are big `unnest`s and COPYs with trivial
+    plans, and compiling them would cost more than running them.
+
+    `synchronous_commit` stays on (`durable`) for the live projections: a commit that a
+    PostgreSQL crash took back would lose no event — its offsets would go with its
+    effects, and the fold would fold the same records again — but stream clients are
+    told of a commit as it happens, and would have seen numbers and feed seqs that then
+    never were. Only a rebuild's shadow tables, which nobody sees until they are
+    swapped in (durably), fold with it off.
+    """
+    settings = {"application_name": application_name, "jit": "off"}
+    if search_path is not None:
+        settings["search_path"] = search_path
+    if not durable:
+        settings["synchronous_commit"] = "off"
+    return await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=2,
+                                     server_settings=settings, init=create_stages)
 
 
-async def apply_batch(conn: asyncpg.Connection, group: str, items: Sequence[BatchItem],
-                      decode: Decoder) -> tuple[FoldResult | None, int]:
-    """Fold `items` and store the offsets after them, in one transaction; returns the
-    fold's result and how many records were new. Records at offsets already stored are
-    skipped (a stale fetch after a rebalance, a retry), so applying the same batch twice
-    has the effect of applying it once."""
-    if not items:
-        return None, 0
-    ends: dict[tuple[str, int], int] = {}
-    for position, _ in items:
-        key = (position.topic, position.partition)
-        ends[key] = max(ends.get(key, 0), position.offset + 1)
-    partitions = sorted(ends)
+@dataclass(frozen=True)
+class Stored:
+    """Where the fold stands: the next offset per partition (0 where nothing was folded
+    yet), and which `consumer_offsets` table says so."""
+
+    offsets: dict[PartitionKey, int]
+    table: int  # the offsets table's oid: a rebuild replaces the table (service/rebuild.py)
+
+
+async def take_offsets(conn: asyncpg.Connection, group: str,
+                       partitions: Iterable[PartitionKey]) -> Stored:
+    """The stored offsets of these partitions, with a row made for each that has none
+    (a batch's transaction only updates rows, and checks it updated them all)."""
+    keys = sorted(partitions)
     async with conn.transaction():
-        # The offset rows are the lock: a second instance that still thinks it owns a
-        # partition (a zombie after a rebalance) waits here, then sees the offsets moved.
         await conn.execute(
             'INSERT INTO consumer_offsets ("group", topic, "partition", next_offset) '
             'SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS x(t, p) '
             'ON CONFLICT DO NOTHING',
-            group, [t for t, _ in partitions], [p for _, p in partitions])
+            group, [t for t, _ in keys], [p for _, p in keys])
         rows = await conn.fetch(
-            'SELECT topic, "partition", next_offset FROM consumer_offsets '
+            'SELECT topic, "partition", next_offset, tableoid FROM consumer_offsets '
             'WHERE "group" = $1 AND (topic, "partition") IN '
-            '(SELECT * FROM unnest($2::text[], $3::int[])) '
-            'ORDER BY topic, "partition" FOR UPDATE',
-            group, [t for t, _ in partitions], [p for _, p in partitions])
-        stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-        moved = {k: end for k, end in ends.items() if end > stored[k]}
-        if not moved:
-            return None, 0
-        events = []
-        new = 0
-        for position, record in items:
-            if position.offset >= stored[(position.topic, position.partition)]:
-                new += 1
-                event = await decode(record)
-                if event is not None:
-                    events.append(event)
-        result = None
-        if events:
-            member_ids = list({e.member_id for _, e in events if hasattr(e, "member_id")})
-            members, enrolments = await load_states(conn, member_ids)
-            result = fold(members, enrolments, events)
-            await write_result(conn, result)
-        keys = sorted(moved)
-        await conn.execute(
-            'UPDATE consumer_offsets o SET next_offset = x.n, updated_at = now() '
-            'FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, n) '
-            'WHERE o."group" = $1 AND o.topic = x.t AND o."partition" = x.p',
-            group, [t for t, _ in keys], [p for _, p in keys], [moved[k] for k in keys])
-        return result, new
+            '(SELECT * FROM unnest($2::text[], $3::int[]))',
+            group, [t for t, _ in keys], [p for _, p in keys])
+        table = await conn.fetchval("SELECT 'consumer_offsets'::regclass::oid")
+    stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    return Stored({k: stored.get(k, 0) for k in keys}, table)
 
 
-async def load_states(conn: asyncpg.Connection, member_ids: list[uuid.UUID]
-                      ) -> tuple[dict[uuid.UUID, MemberState], Enrolments]:
-    members: dict[uuid.UUID, MemberState] = {}
-    enrolments: Enrolments = {}
+async def load_states(conn: asyncpg.Connection, member_ids: list[str]) -> dict[str, MemberStates]:
+    """Everything stored about these members (absent: nothing stored)."""
+    states: dict[str, MemberStates] = {}
     if not member_ids:
-        return members, enrolments
-    for r in await conn.fetch("SELECT * FROM member_states WHERE member_id = ANY($1::uuid[])",
-                              member_ids):
-        members[r["member_id"]] = MemberState(
-            r["member_id"], r["contact_version"], r["has_mobile"], r["has_email"],
-            r["sms_consent"], r["placement_version"], r["group_code"], r["branch_code"],
-            r["workplace_code"])
-    for r in await conn.fetch("SELECT * FROM ballot_members WHERE member_id = ANY($1::uuid[])",
-                              member_ids):
-        enrolments.setdefault(r["member_id"], {})[r["ballot_id"]] = BallotMemberState(
-            r["member_id"], r["ballot_id"], r["enrolled"], r["group_code"], r["branch_code"],
-            r["workplace_code"], r["voted"], r["vote_changed_at"], r["voted_at"],
-            r["contacted"], set(r["replacement_requests"]), set(r["reminders"]))
-    return members, enrolments
+        return states
+    # One string rather than an array of ids: asyncpg checks every element of an array
+    # parameter in Python, which costs more than the query.
+    ids = ",".join(member_ids)
+    members: dict[str, MemberState] = {}
+    for r in await conn.fetch(
+            "SELECT member_id, contact_version, has_mobile, has_email, sms_consent, "
+            "placement_version, group_code, branch_code, workplace_code FROM member_states "
+            "WHERE member_id = ANY(string_to_array($1, ',')::uuid[])", ids):
+        member_id = str(r[0])
+        members[member_id] = MemberState(member_id, r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                                         r[8])
+    ballots: dict[str, dict[str, BallotMemberState]] = {}
+    for r in await conn.fetch(
+            "SELECT member_id, ballot_id, enrolled, group_code, branch_code, workplace_code, "
+            "voted, vote_changed_at, voted_at, contacted, "
+            "array_to_string(replacement_requests, ','), array_to_string(reminders, ',') "
+            "FROM ballot_members WHERE member_id = ANY(string_to_array($1, ',')::uuid[])", ids):
+        member_id, ballot_id = str(r[0]), str(r[1])
+        ballots.setdefault(member_id, {})[ballot_id] = BallotMemberState(
+            member_id, ballot_id, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+            r[10], r[11])
+    for member_id in members.keys() | ballots.keys():
+        states[member_id] = (members.get(member_id), ballots.get(member_id, {}))
+    return states
 
 
-def _uuid_array(ids: set[uuid.UUID]) -> str:
-    # Sets of different sizes cannot travel as one 2-D array; each goes as the text of a
-    # uuid[] and is cast back in SQL.
-    return "{" + ",".join(sorted(str(i) for i in ids)) + "}"
+async def commit_batch(conn: asyncpg.Connection, group: str, result: FoldResult | None,
+                       expected: Stored, ends: Mapping[PartitionKey, int],
+                       *, feed: bool = True) -> list[int]:
+    """Write `result` and move the offsets from `expected` to `ends`, in one transaction.
+
+    `expected` holds every partition the caller owns, at the offsets it believes are
+    stored, in the table it read them from; `ends` the offsets after this batch (the
+    same keys). Raises `StaleOffsets` if the stored offsets are elsewhere, or in another
+    table (a rebuild swapped the projections in: states folded from the old ones must
+    not touch the new). With `feed`, the changed rows go to the change feed (not for a
+    rebuild's shadow tables, which nobody watches); returns its seqs."""
+    keys = sorted(expected.offsets)
+    seqs: list[int] = []
+    async with conn.transaction():
+        # Locks the rows and checks them in one go: an instance that still thinks it
+        # owns a partition waits here, then finds the offsets moved.
+        moved = await conn.fetchval(
+            "WITH x AS (SELECT * FROM unnest($2::text[], $3::int[], $4::bigint[], "
+            "$5::bigint[]) AS x(t, p, e, n)), "
+            "u AS (UPDATE consumer_offsets o SET next_offset = x.n, "
+            "updated_at = CASE WHEN x.n <> x.e THEN now() ELSE o.updated_at END "
+            'FROM x WHERE o."group" = $1 AND o.topic = x.t AND o."partition" = x.p '
+            "AND o.next_offset = x.e AND o.tableoid = $6 RETURNING 1) SELECT count(*) FROM u",
+            group, [t for t, _ in keys], [p for _, p in keys],
+            [expected.offsets[k] for k in keys], [ends[k] for k in keys], expected.table)
+        if moved != len(keys):
+            raise StaleOffsets(f"{len(keys) - moved} of {len(keys)} partitions were folded "
+                               "by another consumer since, or the projections were rebuilt")
+        if result is not None:
+            seqs = await write_result(conn, result, feed=feed)
+    return seqs
 
 
-async def write_result(conn: asyncpg.Connection, result: FoldResult) -> None:
+# Temporary tables, one per connection, that a batch's rows are copied into (binary
+# COPY: asyncpg encodes a row of values far faster than it encodes one array per column,
+# which checks every element's type in Python) before one statement merges them into
+# their table. Emptied at every commit.
+MEMBER_COLUMNS = ("member_id", "contact_version", "has_mobile", "has_email", "sms_consent",
+                  "placement_version", "group_code", "branch_code", "workplace_code")
+ENROLMENT_COLUMNS = ("member_id", "ballot_id", "enrolled", "group_code", "branch_code",
+                     "workplace_code", "voted", "vote_changed_at", "voted_at", "contacted",
+                     "replacement_requests", "reminders")
+UNIT_COLUMNS = ("ballot_id", "level", "group_code", "branch_code", "workplace_code")
+TURNOUT_COLUMNS = (*UNIT_COLUMNS, *COUNTS)
+HOURLY_COLUMNS = (*UNIT_COLUMNS, "hour", "votes")
+# The id sets travel as comma-separated text (see BallotMemberState).
+_ID_SETS = ("replacement_requests", "reminders")
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: str  # the ON CONFLICT update
+
+    def create(self) -> str:
+        columns = ", ".join(f"''::text AS {c}" if c in _ID_SETS else c for c in self.columns)
+        return (f"CREATE TEMP TABLE IF NOT EXISTS {self.name} ON COMMIT DELETE ROWS AS "
+                f"SELECT {columns} FROM {self.table} WITH NO DATA")
+
+    def merge(self) -> str:
+        """The stage into its table, in key order (two instances then lock shared rows in
+        the same order and cannot deadlock each other)."""
+        values = ", ".join(f"string_to_array({c}, ',')::uuid[]" if c in _ID_SETS else c
+                           for c in self.columns)
+        return (f"INSERT INTO {self.table} ({', '.join(self.columns)}) SELECT {values} "
+                f"FROM {self.name} ORDER BY {', '.join(self.key)} "
+                f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {self.update}")
+
+
+def _from_excluded(columns: Iterable[str]) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
+MEMBERS = _Stage("member_states_stage", "member_states", MEMBER_COLUMNS, ("member_id",),
+                 _from_excluded(MEMBER_COLUMNS[1:]))
+ENROLMENTS = _Stage("ballot_members_stage", "ballot_members", ENROLMENT_COLUMNS,
+                    ("member_id", "ballot_id"), _from_excluded(ENROLMENT_COLUMNS[2:]))
+TURNOUT = _Stage("turnout_stage", "turnout", TURNOUT_COLUMNS, UNIT_COLUMNS, ", ".join(
+    [f"{c} = turnout.{c} + excluded.{c}" for c in COUNTS] + ["updated_at = now()"]))
+HOURLY = _Stage("turnout_hourly_stage", "turnout_hourly", HOURLY_COLUMNS,
+                (*UNIT_COLUMNS, "hour"), "votes = turnout_hourly.votes + excluded.votes")
+_STAGES = (MEMBERS, ENROLMENTS, TURNOUT, HOURLY)
+
+
+async def create_stages(conn: asyncpg.Connection) -> None:
+    """The connection's staging tables (the fold pool's `init`)."""
+    for stage in _STAGES:
+        await conn.execute(stage.create())
+
+
+async def write_result(conn: asyncpg.Connection, result: FoldResult, *,
+                       feed: bool = True) -> list[int]:
+    # States new to the database go straight into their tables; changed ones through the
+    # stage. (New: the batch created them, nothing was loaded — see FoldResult.)
+    if result.new_members:
+        await conn.copy_records_to_table(
+            "member_states", columns=MEMBER_COLUMNS,
+            records=map(astuple, result.new_members))
     if result.members:
-        states = sorted(result.members.values(), key=lambda s: s.member_id)
-        await conn.execute(
-            "INSERT INTO member_states (member_id, contact_version, has_mobile, has_email, "
-            "sms_consent, placement_version, group_code, branch_code, workplace_code) "
-            "SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::bool[], $5::bool[], "
-            "$6::int[], $7::text[], $8::text[], $9::text[]) "
-            "ON CONFLICT (member_id) DO UPDATE SET contact_version = excluded.contact_version, "
-            "has_mobile = excluded.has_mobile, has_email = excluded.has_email, "
-            "sms_consent = excluded.sms_consent, "
-            "placement_version = excluded.placement_version, "
-            "group_code = excluded.group_code, branch_code = excluded.branch_code, "
-            "workplace_code = excluded.workplace_code",
-            [s.member_id for s in states], [s.contact_version for s in states],
-            [s.has_mobile for s in states], [s.has_email for s in states],
-            [s.sms_consent for s in states], [s.placement_version for s in states],
-            [s.group_code for s in states], [s.branch_code for s in states],
-            [s.workplace_code for s in states])
-    if result.enrolments:
-        rows = sorted(result.enrolments, key=lambda s: (s.member_id, s.ballot_id))
-        await conn.execute(
-            "INSERT INTO ballot_members (member_id, ballot_id, enrolled, group_code, "
-            "branch_code, workplace_code, voted, vote_changed_at, voted_at, contacted, "
-            "replacement_requests, reminders) "
-            "SELECT m, b, e, g, br, w, v, vc, va, c, rr::uuid[], rm::uuid[] FROM unnest("
-            "$1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::text[], $6::text[], "
-            "$7::bool[], $8::timestamptz[], $9::timestamptz[], $10::bool[], $11::text[], "
-            "$12::text[]) AS x(m, b, e, g, br, w, v, vc, va, c, rr, rm) "
-            "ON CONFLICT (member_id, ballot_id) DO UPDATE SET enrolled = excluded.enrolled, "
-            "group_code = excluded.group_code, branch_code = excluded.branch_code, "
-            "workplace_code = excluded.workplace_code, voted = excluded.voted, "
-            "vote_changed_at = excluded.vote_changed_at, voted_at = excluded.voted_at, "
-            "contacted = excluded.contacted, "
-            "replacement_requests = excluded.replacement_requests, "
-            "reminders = excluded.reminders",
-            [s.member_id for s in rows], [s.ballot_id for s in rows],
-            [s.enrolled for s in rows], [s.group_code for s in rows],
-            [s.branch_code for s in rows], [s.workplace_code for s in rows],
-            [s.voted for s in rows], [s.vote_changed_at for s in rows],
-            [s.voted_at for s in rows], [s.contacted for s in rows],
-            [_uuid_array(s.replacement_requests) for s in rows],
-            [_uuid_array(s.reminders) for s in rows])
+        await conn.copy_records_to_table(MEMBERS.name, columns=MEMBER_COLUMNS,
+                                         records=map(astuple, result.members))
+        await conn.execute(MEMBERS.merge())
+    if result.new_enrolments or result.enrolments:
+        # All through the stage: their id sets become arrays there.
+        await conn.copy_records_to_table(
+            ENROLMENTS.name, columns=ENROLMENT_COLUMNS,
+            records=[*map(astuple, result.new_enrolments), *map(astuple, result.enrolments)])
+        await conn.execute(ENROLMENTS.merge())
     for ballot_id, info in sorted(result.ballots.items()):
         opened = "name" in info
         await conn.execute(
@@ -190,32 +251,23 @@ async def write_result(conn: asyncpg.Connection, result: FoldResult) -> None:
             "closed_at = COALESCE(excluded.closed_at, ballots.closed_at)",
             ballot_id, info.get("name"), info.get("kind"), info.get("turnout_threshold"),
             info.get("opens_at"), info.get("closes_at"), info.get("closed_at"), opened)
-    turnout_rows: list[asyncpg.Record] = []
-    hourly_rows: list[asyncpg.Record] = []
     if result.deltas:
-        # Sorted, so two instances folding at once lock shared rows (national, groups)
-        # in the same order and cannot deadlock each other.
-        keys = sorted(result.deltas)
-        columns = ", ".join(COUNTS)
-        turnout_rows = await conn.fetch(
-            f"INSERT INTO turnout (ballot_id, level, group_code, branch_code, workplace_code, "
-            f"{columns}) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], "
-            f"$5::text[], "
-            + ", ".join(f"${i + 6}::bigint[]" for i in range(len(COUNTS)))
-            + ") ON CONFLICT (ballot_id, level, group_code, branch_code, workplace_code) "
-            "DO UPDATE SET "
-            + ", ".join(f"{c} = turnout.{c} + excluded.{c}" for c in COUNTS)
-            + ", updated_at = now() RETURNING *",
-            *([k[i] for k in keys] for i in range(5)),
-            *([result.deltas[k][i] for k in keys] for i in range(len(COUNTS))))
+        await conn.copy_records_to_table(
+            TURNOUT.name, columns=TURNOUT_COLUMNS,
+            records=[(*unit, *counts) for unit, counts in result.deltas.items()])
     if result.hourly:
-        hours = sorted(result.hourly)
-        hourly_rows = await conn.fetch(
-            "INSERT INTO turnout_hourly (ballot_id, level, group_code, branch_code, "
-            "workplace_code, hour, votes) SELECT * FROM unnest($1::uuid[], $2::text[], "
-            "$3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bigint[]) "
-            "ON CONFLICT (ballot_id, level, group_code, branch_code, workplace_code, hour) "
-            "DO UPDATE SET votes = turnout_hourly.votes + excluded.votes RETURNING *",
-            *([unit[i] for unit, _ in hours] for i in range(5)),
-            [hour for _, hour in hours], [result.hourly[k] for k in hours])
-    await record_changes(conn, turnout_rows, hourly_rows, sorted(result.ballots))
+        await conn.copy_records_to_table(
+            HOURLY.name, columns=HOURLY_COLUMNS,
+            records=[(*unit, hour, votes) for (unit, hour), votes in result.hourly.items()])
+    turnout = TURNOUT.merge() if result.deltas else None
+    hourly = HOURLY.merge() if result.hourly else None
+    if not feed:
+        for statement in (turnout, hourly):
+            if statement is not None:
+                await conn.execute(statement)
+        return []
+    if turnout is None and hourly is None and not result.ballots:
+        return []
+    return await record_changes(
+        conn, turnout and f"{turnout} {TURNOUT_RETURNING}",
+        hourly and f"{hourly} {HOURLY_RETURNING}", sorted(result.ballots))

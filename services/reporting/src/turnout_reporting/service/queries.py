@@ -13,11 +13,14 @@ like a unit with no members (the timeline answers 404 for both).
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -31,6 +34,12 @@ from ..projections.fold import COUNTS, LEVELS
 # What each level's rows are named by, and what their parent is.
 _UNIT_COLUMN = {"group": "group_code", "branch": "branch_code", "workplace": "workplace_code"}
 _PARENT_COLUMN = {"branch": "group_code", "workplace": "branch_code"}
+
+# Timeline buckets. Days are the campaign's local days: a vote at 00:30 BST on the 5th
+# counts on the 5th, not on the 4th as a UTC day would have it.
+BUCKETS = ("hour", "day")
+LOCAL_TIME_ZONE = "Europe/London"
+_LOCAL = ZoneInfo(LOCAL_TIME_ZONE)
 
 
 def default_level(caller: Caller) -> str:
@@ -57,6 +66,27 @@ def scope_filter(caller: Caller, table: sa.Table, level: str) -> sa.ColumnElemen
     if caller.role is Role.rep and level in ("branch", "workplace"):
         return table.c.branch_code.in_(sorted(caller.branch_codes))
     return sa.false()
+
+
+def in_scope(caller: Caller, level: str, group_code: str | None,
+             branch_code: str | None) -> bool:
+    """The Python twin of `scope_filter`, for rows that come from the change feed
+    rather than from a query."""
+    if caller.unscoped:
+        return True
+    if caller.role is Role.organiser:
+        return level != "national" and group_code in caller.group_codes
+    if caller.role is Role.rep:
+        return level in ("branch", "workplace") and branch_code in caller.branch_codes
+    return False
+
+
+def any_level_in_scope(caller: Caller, table: sa.Table) -> sa.ColumnElement[bool]:
+    """`scope_filter` for rows of every level at once (a stream's snapshot)."""
+    if caller.unscoped:
+        return sa.true()
+    return sa.or_(*(sa.and_(table.c.level == level, scope_filter(caller, table, level))
+                    for level in LEVELS))
 
 
 @dataclass(frozen=True)
@@ -88,11 +118,16 @@ async def ballot_info(ctx: ReportingContext, ballot_id: uuid.UUID) -> BallotInfo
                       row.closes_at, row.closed_at)
 
 
+@functools.lru_cache(maxsize=64)
+def _exact(threshold: float) -> Fraction:
+    return Fraction(str(threshold))
+
+
 def votes_needed(threshold: float | None, eligible: int, voted: int) -> int | None:
     if threshold is None:
         return None
     # Exact arithmetic: ceil(0.3 * 10) must be 3, not 4 as in floating point.
-    needed = Fraction(str(threshold)) * eligible
+    needed = _exact(threshold) * eligible
     return max(0, -(-needed.numerator // needed.denominator) - voted)
 
 
@@ -112,35 +147,60 @@ async def turnout_rows(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UU
                                    turnout.c.branch_code == within))
     async with ctx.session() as session:
         found = (await session.execute(query)).all()
-    rows = [_row(info, level, r) for r in found]
-    rows.sort(key=lambda r: (r["votes_needed"] is None, -(r["votes_needed"] or 0), r["unit"]))
+    rows = [turnout_row(info.threshold, r._mapping) for r in found]
+    sort_rows(rows)
     return info, rows
 
 
-def _row(info: BallotInfo, level: str, r: sa.Row) -> dict[str, Any]:
-    counts = {name: getattr(r, name) for name in COUNTS}
-    eligible, voted = counts["eligible"], counts["voted"]
-    unit = "national" if level == "national" else getattr(r, _UNIT_COLUMN[level])
-    parent = {"national": None, "group": "national"}.get(level)
-    if level in _PARENT_COLUMN:
-        parent = getattr(r, _PARENT_COLUMN[level])
+def sort_rows(rows: list[dict[str, Any]]) -> None:
+    """Most votes still needed first: where the campaign's effort is wanted."""
+    rows.sort(key=lambda r: (r["votes_needed"] is None, -(r["votes_needed"] or 0), r["unit"]))
+
+
+def unit_of(level: str, values: Mapping[Any, Any]) -> tuple[str, str | None]:
+    """A unit's name and its parent's, from its codes (`level`, `group_code`,
+    `branch_code`, `workplace_code`: a `turnout` row, an hourly bucket or a feed row)."""
+    if level == "national":
+        return "national", None
+    parent = values[_PARENT_COLUMN[level]] if level in _PARENT_COLUMN else "national"
+    return values[_UNIT_COLUMN[level]], parent
+
+
+def turnout_row(threshold: float | None, values: Mapping[Any, Any]) -> dict[str, Any]:
+    """A unit's row as the API shows it, from a `turnout` row or a change-feed row (the
+    unit's codes and its counts); the stream sends rows of exactly this shape."""
+    level = values["level"]
+    eligible, voted = values["eligible"], values["voted"]
+    unit, parent = unit_of(level, values)
     return {
         "unit": unit,
         "level": level,
         "parent": parent,
-        "group_code": r.group_code or None,
-        **{"eligible": eligible, "voted": voted},
+        "group_code": values["group_code"] or None,
+        "eligible": eligible,
+        "voted": voted,
         "turnout": voted / eligible if eligible else None,
-        "threshold": info.threshold,
-        "votes_needed": votes_needed(info.threshold, eligible, voted),
-        **{name: counts[name] for name in COUNTS if name not in ("eligible", "voted")},
+        "threshold": threshold,
+        "votes_needed": votes_needed(threshold, eligible, voted),
+        **{name: values[name] for name in COUNTS if name not in ("eligible", "voted")},
     }
 
 
+def check_bucket(bucket: str) -> str:
+    if bucket not in BUCKETS:
+        raise Problem(422, detail=f"bucket must be one of {', '.join(BUCKETS)}.",
+                      errors=[{"field": "bucket", "message": "unknown bucket"}])
+    return bucket
+
+
 async def timeline(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, *,
-                   level: str, unit: str | None) -> dict[str, Any]:
-    """Net votes per hour in one unit, with the running total."""
+                   level: str, unit: str | None, bucket: str = "hour") -> dict[str, Any]:
+    """Net votes per hour (or per local day) in one unit, with the running total.
+
+    Days are summed from the hourly table in the query: an hour belongs to the Europe/
+    London day it starts in, so a day is 23 or 25 hours long when the clocks change."""
     check_level(level)
+    check_bucket(bucket)
     info = await ballot_info(ctx, ballot_id)
     if level != "national" and not unit:
         raise Problem(422, detail=f"unit is required for level {level}: the unit's code.",
@@ -159,23 +219,81 @@ async def timeline(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, 
         if not eligible:
             raise Problem(404, detail=f"No unit {unit or 'national'} at level {level} in "
                                       f"ballot {ballot_id} in your scope.")
+        start: sa.ColumnElement[datetime] = turnout_hourly.c.hour
+        if bucket == "day":
+            # hour (timestamptz) -> London wall time -> its midnight -> back to an instant.
+            # Constants as SQL literals, not bound parameters: PostgreSQL matches the
+            # SELECT and GROUP BY expressions textually, and $1 is not $3.
+            zone: sa.ColumnElement[str] = sa.literal_column(f"'{LOCAL_TIME_ZONE}'")
+            local_day = sa.func.date_trunc(sa.literal_column("'day'"),
+                                           sa.func.timezone(zone, turnout_hourly.c.hour))
+            start = sa.func.timezone(zone, local_day)
+        start = start.label("start")
         buckets = (await session.execute(
-            sa.select(turnout_hourly.c.hour, sa.func.sum(turnout_hourly.c.votes))
-            .where(*where(turnout_hourly)).group_by(turnout_hourly.c.hour)
-            .order_by(turnout_hourly.c.hour))).all()
+            sa.select(start, sa.func.sum(turnout_hourly.c.votes))
+            .where(*where(turnout_hourly)).group_by(start).order_by(start))).all()
     cumulative = 0
-    points = []
-    for hour, votes in buckets:
+    points: list[dict[str, Any]] = []
+    for begins, votes in buckets:
         cumulative += int(votes)
-        if votes:
-            points.append({"hour": hour, "votes": int(votes), "cumulative": cumulative})
+        if not votes:
+            continue
+        if bucket == "hour":
+            points.append({"hour": begins, "votes": int(votes), "cumulative": cumulative})
+        else:
+            local = begins.astimezone(_LOCAL)
+            points.append({"day": local.date(), "start": local, "votes": int(votes),
+                           "cumulative": cumulative})
     return {
         "ballot_id": ballot_id,
         "level": level,
         "unit": unit or "national",
+        "bucket": bucket,
+        "time_zone": LOCAL_TIME_ZONE if bucket == "day" else "UTC",
         "eligible": int(eligible),
         "threshold": info.threshold,
         "threshold_votes": (None if info.threshold is None
                             else votes_needed(info.threshold, int(eligible), 0)),
         "buckets": points,
     }
+
+
+async def list_ballots(ctx: ReportingContext, caller: Caller) -> list[dict[str, Any]]:
+    """The ballots with members in the caller's scope, open ones first, newest first,
+    with the eligible and voted of the caller's widest level (national for national
+    roles, the sum of their groups or branches for organisers and reps).
+
+    A ballot-opened seen with no enrolment yet is listed to unscoped callers only: a
+    scoped caller cannot know it concerns them until members of theirs are enrolled."""
+    level = default_level(caller)
+    totals = (sa.select(turnout.c.ballot_id,
+                        sa.func.sum(turnout.c.eligible).label("eligible"),
+                        sa.func.sum(turnout.c.voted).label("voted"))
+              .where(turnout.c.level == level, turnout.c.eligible > 0,
+                     scope_filter(caller, turnout, level))
+              .group_by(turnout.c.ballot_id).subquery())
+    ballot_id = sa.func.coalesce(totals.c.ballot_id, ballots.c.ballot_id)
+    joined = (totals.outerjoin(ballots, ballots.c.ballot_id == totals.c.ballot_id)
+              if not caller.unscoped
+              else totals.join(ballots, ballots.c.ballot_id == totals.c.ballot_id,
+                               full=True))
+    query = (sa.select(ballot_id.label("ballot_id"), ballots.c.name, ballots.c.kind,
+                       ballots.c.turnout_threshold, ballots.c.opens_at, ballots.c.closes_at,
+                       ballots.c.closed_at, totals.c.eligible, totals.c.voted)
+             .select_from(joined)
+             .order_by(ballots.c.closed_at.is_not(None), ballots.c.opens_at.desc().nulls_last(),
+                       ballot_id))
+    async with ctx.session() as session:
+        found = (await session.execute(query)).all()
+    return [{
+        "ballot_id": r.ballot_id,
+        "name": r.name,
+        "kind": r.kind,
+        "threshold": r.turnout_threshold,
+        "opens_at": r.opens_at,
+        "closes_at": r.closes_at,
+        "closed_at": r.closed_at,
+        "level": level,
+        "eligible": int(r.eligible or 0),
+        "voted": int(r.voted or 0),
+    } for r in found]

@@ -1,0 +1,337 @@
+"""The fold's batch pipeline: records in, one transaction per batch out, with one batch
+committing while the next is prepared.
+
+    folder = Folder(pool, group, topics, dead_letter)
+    await folder.own(partitions)        # from their stored offsets
+    batch = await folder.prepare(fetched)  # decode, load what it touches, fold
+    await folder.settle()               # the batch before it committed (or raise)
+    folder.start_commit(batch)          # commit it in the background
+
+Not Kafka-aware beyond the records it is handed: the fold consumer
+(`messaging/consumer.py`) and a rebuild (`service/rebuild.py`) feed it what they fetch.
+
+Batches overlap: while one batch commits, the next is fetched, decoded and folded — from
+the committing batch's resulting states for the members it changed (kept in memory),
+and from the database for everyone else (whom the committing batch does not write). It
+is committed only once the one before it has, and its transaction checks that the
+stored offsets are where that one left them, so the overlap changes no guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from turnout_events.envelope import InvalidEvent
+
+from .decode import Event, EventDecoder
+from .fold import FoldResult, MemberStates, fold
+from .store import PartitionKey, Stored, commit_batch, load_states, take_offsets
+
+log = structlog.get_logger("turnout.reporting.folder")
+
+FOLDED = Counter("reporting_events_folded_total", "Records folded (committed) by reporting")
+BATCH_SECONDS = Histogram("reporting_fold_batch_seconds", "One batch: decode, fold, commit",
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+OnBatch = Callable[[FoldResult], Awaitable[None]]
+DeadLetter = Callable[[ConsumerRecord, str], Awaitable[None]]
+Fetched = Mapping[TopicPartition, list[ConsumerRecord]]
+
+
+@dataclass
+class Batch:
+    """A batch folded and ready to commit."""
+
+    result: FoldResult | None
+    expected: Stored  # every owned partition, at its stored offset
+    ends: dict[PartitionKey, int]  # the same, after this batch
+    records: int  # records it moves past (including ignored and dead-lettered ones)
+    started: float  # perf_counter when it was fetched
+
+
+class Folder:
+    """Decodes, folds and commits batches for the partitions it is told it owns, one
+    batch committing while the next is prepared. Not Kafka-aware: the fold consumer and
+    a rebuild feed it what they fetch.
+
+    Callers serialise `own`, `release`, `prepare`, `start_commit` and `settle` (the fold
+    consumer's batch lock); `settle` raises what the batch in flight failed with, after
+    which the caller calls `own` again to go back to the stored offsets.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, group: str, topics: list[str],
+                 dead_letter: DeadLetter, *, feed: bool = True,
+                 on_batch: OnBatch | None = None, recent_limit: int = 100_000) -> None:
+        self.pool = pool
+        self.group = group
+        self.topics = topics
+        self.feed = feed
+        self.on_batch = on_batch
+        self._dead_letter = dead_letter
+        self._decode = EventDecoder().decode
+        # Next offset to fold per owned partition, past the batches prepared so far.
+        self.positions: dict[PartitionKey, int] = {}
+        # The states of members folded lately, as they are once the batches prepared
+        # so far commit: those the last batch prepared left, and older ones (see
+        # `_remember`).
+        self._latest: Mapping[str, MemberStates] = {}
+        self._recent: dict[str, MemberStates] = {}
+        self.recent_limit = recent_limit
+        self._in_flight: asyncio.Task[None] | None = None
+        self._stored = StoredMembers()
+        self._released: dict[PartitionKey, int] = {}
+        # The publish time (ms) of the last record prepared, per owned partition.
+        self.times: dict[PartitionKey, int] = {}
+        # Counts the times the positions were replaced (see messaging.consumer.Prefetch).
+        self.generation = 0
+        self._table = 0  # the oid of the consumer_offsets table the positions are from
+        self.folded = 0  # records committed by this folder
+
+    async def own(self, partitions: list[PartitionKey]) -> dict[PartitionKey, int]:
+        """Take these partitions (and only these) from their stored offsets; returns them.
+        Call with no batch in flight (after `settle`)."""
+        self._latest, self._recent = {}, {}
+        async with self.pool.acquire() as conn:
+            taken = await take_offsets(conn, self.group, partitions)
+        stored = taken.offsets
+        # A partition number stays or becomes fresh (see StoredMembers) if nobody folded
+        # any of its topics since: from nothing, or from where this folder let them go.
+        fresh = set()
+        for number in {p for _, p in partitions}:
+            keys = [(topic, number) for topic in self.topics]
+            before = self._released or self.positions
+            if all(key in stored and stored[key] == (
+                    before.get(key, -1) if number in self._stored.fresh else 0)
+                   for key in keys):
+                fresh.add(number)
+        self._stored.fresh = fresh
+        self._released = {}
+        self.positions = dict(stored)
+        self._table = taken.table
+        self.times = {}
+        # Last, with no await after it: the caller seeks the consumer to `stored` before
+        # any fetch can return (see messaging.consumer.Prefetch).
+        self.generation += 1
+        return stored
+
+    def forget(self) -> None:
+        """Assume nothing about what is stored (the projections were replaced under
+        this folder: a rebuild); call `own` next."""
+        self._stored.fresh = set()
+        self._released = {}
+        self.positions = {}
+        self._latest, self._recent = {}, {}
+        self.generation += 1
+
+    def release(self) -> None:
+        """Give up every partition (revoked); call with no batch in flight."""
+        self._released = self.positions
+        self.positions = {}
+        self._latest, self._recent = {}, {}
+
+    def owns(self) -> bool:
+        return bool(self.positions)
+
+    def ahead(self, highwater: Callable[[PartitionKey], int | None], slack_ms: int
+              ) -> tuple[set[PartitionKey], set[PartitionKey]]:
+        """Which owned partitions to pause and which to read, so that events are folded
+        in about the order they were published, across topics.
+
+        A member's events travel on three topics at different rates (a registration
+        and several contact events here, an enrolment and a vote there, a reminder or
+        two on the third): read at the same rate in records, the topics drift apart in
+        time, and a member's events come batches apart — each needing the state the
+        earlier one left, from the database. Catching up (a restart, a rebuild), a
+        partition more than `slack_ms` of publish time ahead of the furthest-behind one
+        that still has records to give waits for it. Caught up, nothing waits.
+        """
+        behind: dict[PartitionKey, int | None] = {}
+        for key, position in self.positions.items():
+            high = highwater(key)
+            if high is None or position < high:
+                behind[key] = self.times.get(key)
+        if not behind:
+            return set(), set(self.positions)
+        known = [t for t in behind.values() if t is not None]
+        # A partition that has given nothing yet may be furthest behind of all.
+        floor = min(known) if len(known) == len(behind) else None
+        pause = {key for key, t in behind.items() if t is not None and (
+            floor is None or t > floor + slack_ms)}
+        return pause, set(self.positions) - pause
+
+    async def prepare(self, fetched: Fetched) -> Batch | None:
+        """Decode the records past the positions and fold them onto the current states;
+        None when nothing is new. Invalid records are dead-lettered here."""
+        started = time.perf_counter()
+        expected = Stored(dict(self.positions), self._table)
+        ends = dict(self.positions)
+        events: list[Event] = []
+        members: dict[int, set[str | None]] = {}  # per partition number
+        records = 0
+        times: dict[PartitionKey, int] = {}
+        decode = self._decode
+        append = events.append
+        for tp, batch in fetched.items():
+            key = (tp.topic, tp.partition)
+            position = ends.get(key)
+            if position is None or not batch or batch[-1].offset < position:
+                continue  # not ours (revoked since the fetch), or seen already
+            if batch[0].offset < position:
+                batch = [r for r in batch if r.offset >= position]
+            first = len(events)
+            for record in batch:
+                try:
+                    event = decode(record.value)
+                except InvalidEvent as exc:
+                    await self._dead_letter(record, str(exc))
+                    continue
+                if event is not None:  # None: a type or version nobody here knows
+                    append(event)
+            members.setdefault(tp.partition, set()).update(
+                [getattr(e.data, "member_id", None) for e in events[first:]])
+            records += len(batch)
+            ends[key] = batch[-1].offset + 1
+            times[key] = batch[-1].timestamp
+        if not records:
+            return None
+        result = await self._fold(events, members) if events else None
+        self.positions = ends
+        self.times.update(times)
+        return Batch(result, expected, ends, records, started)
+
+    async def _fold(self, events: list[Event], members: dict[int, set[str | None]]
+                    ) -> FoldResult:
+        latest, recent = self._latest, self._recent
+        stored = self._stored
+        states: dict[str, MemberStates] = {}
+        missing: list[str] = []
+        for number, ids in members.items():
+            ids.discard(None)
+            fresh = number in stored.fresh
+            for member_id in ids:
+                known = latest.get(member_id) or recent.get(member_id)
+                if known is not None:
+                    states[member_id] = known
+                elif not fresh or stored.maybe(member_id):
+                    missing.append(member_id)
+            if fresh:
+                stored.add(ids)  # before the commit: a failed one only costs a load
+        if missing:
+            async with self.pool.acquire() as conn:
+                loaded = await load_states(conn, missing)
+            states.update(loaded)
+            recent.update(loaded)
+        result = fold(states, events)
+        self._remember(result.states)
+        return result
+
+    def _remember(self, states: Mapping[str, MemberStates]) -> None:
+        """Keep the states a batch leaves, so that the next batches need not load them:
+        a member's events come close together (a rep's visit, a vote and its reminder;
+        on a first fold, their registration and enrolment) but travel on three topics,
+        so often in neighbouring batches rather than in one.
+
+        Exact as long as this folder owns the members' partitions without a break: only
+        its own batches write these states then, and they all pass through here before
+        they commit (a failed commit, a rebalance or a rewind forgets everything). The
+        last batch's states are always kept: it may not be committed when the next
+        batch loads what it does not find here. Older ones are kept up to
+        `recent_limit`, the first kept forgotten first."""
+        recent = self._recent
+        recent.update(self._latest)  # committed by the time the next batch folds
+        self._latest = states
+        excess = len(recent) - self.recent_limit
+        if excess > 0:
+            for member_id in list(itertools.islice(recent, excess)):
+                del recent[member_id]
+
+    def start_commit(self, batch: Batch) -> None:
+        """Commit `batch` in the background. Call after `settle`."""
+        assert self._in_flight is None or self._in_flight.done()
+        self._in_flight = asyncio.create_task(self._commit(batch), name="reporting-commit")
+
+    async def _commit(self, batch: Batch) -> None:
+        async with self.pool.acquire() as conn:
+            await commit_batch(conn, self.group, batch.result, batch.expected, batch.ends,
+                               feed=self.feed)
+        self.folded += batch.records
+        FOLDED.inc(batch.records)
+        BATCH_SECONDS.observe(time.perf_counter() - batch.started)
+        if batch.result is not None and self.on_batch is not None:
+            try:
+                await self.on_batch(batch.result)
+            except Exception:
+                log.exception("fold_on_batch_failed", group=self.group)
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight; raise what it failed with (nothing was stored,
+        and the positions and states prepared since are void: call `own` again)."""
+        task, self._in_flight = self._in_flight, None
+        if task is None:
+            return
+        try:
+            await task
+        except BaseException:
+            self.positions = {}
+            self._latest, self._recent = {}, {}
+            # Whatever went wrong, assume nothing about what is stored.
+            self._stored.fresh = set()
+            raise
+
+    async def abandon(self) -> None:
+        """Settle, swallowing a failure (it is logged): for a revocation or a stop."""
+        try:
+            await self.settle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("fold_batch_abandoned", group=self.group, error=type(exc).__name__)
+
+
+class StoredMembers:
+    """Which members the database may hold states for, so that a batch does not ask it
+    about members it has surely never seen — on a first fold (a rebuild, a new install)
+    that is almost all of them, and asking costs more than folding.
+
+    Exact where it matters, and cheap: a member's events all travel on one partition
+    number (every topic is keyed by member id with the same partition count), so only a
+    fold of that partition number ever writes their state. A partition number is
+    *fresh* while this process has folded it since nothing was folded from it, without
+    a break (`Folder.own` decides); for a fresh partition number, the members this
+    process ever wrote are all that can be stored, and it remembers them here in a Bloom
+    filter: "maybe stored" is sometimes wrong (the state is loaded and found missing, at
+    the cost of a query), "not stored" never is. 2 MiB; at a million members one in
+    seventy answers is a needless "maybe".
+    """
+
+    BITS = 1 << 24
+    MASK = BITS - 1
+
+    def __init__(self) -> None:
+        self.fresh: set[int] = set()  # partition numbers
+        self._bits = bytearray(self.BITS // 8)
+
+    def maybe(self, member_id: str) -> bool:
+        h = hash(member_id)
+        a, b = h & self.MASK, (h >> 24) & self.MASK
+        bits = self._bits
+        return bool(bits[a >> 3] & (1 << (a & 7))) and bool(bits[b >> 3] & (1 << (b & 7)))
+
+    def add(self, member_ids: set[str | None]) -> None:
+        bits, mask = self._bits, self.MASK
+        for member_id in member_ids:
+            h = hash(member_id)
+            a, b = h & mask, (h >> 24) & mask
+            bits[a >> 3] |= 1 << (a & 7)
+            bits[b >> 3] |= 1 << (b & 7)
+
+
