@@ -457,6 +457,43 @@ async def test_a_bad_row_deep_in_a_big_file_refuses_it_all(contacts_app, tokens,
     await assert_nothing_imported(contacts_app, kafka_bootstrap, topics)
 
 
+@pytest.fixture
+async def row_limit_app(contacts_settings):
+    settings = contacts_settings.model_copy(update={
+        "max_import_rows": roster_service.WORKERS_FROM + 1_000})
+    app = create_contacts_app(settings)
+    async with running(app, "http://contacts") as client:
+        client.app = app  # type: ignore[attr-defined]
+        yield client
+
+
+# The file is read a chunk at a time while the first chunks are already being prepared
+# and written: what is found further down the file still refuses it all.
+
+def big_union(seed: int) -> list[SyntheticMember]:
+    return list(generate_union(members=roster_service.WORKERS_FROM + 2_000, seed=seed))
+
+
+async def test_a_big_file_that_stops_being_csv_near_its_end_imports_nothing(
+        contacts_app, tokens, topics, kafka_bootstrap):
+    union = big_union(8)
+    data = roster_csv_bytes(union)
+    last = data.rindex(b"\n", 0, len(data) - 1)
+    data = data[:last] + b'\n"M999999,' + data[last + 1:]  # an unclosed quote
+    response = await post_csv(contacts_app, tokens("national"), data)
+    assert response.status_code == 422, response.text
+    assert f"Row {len(union) + 1} cannot be read as CSV" in response.json()["detail"]
+    await assert_nothing_imported(contacts_app, kafka_bootstrap, topics)
+
+
+async def test_a_big_file_over_the_row_limit_imports_nothing(row_limit_app, tokens, topics,
+                                                            kafka_bootstrap):
+    response = await post_csv(row_limit_app, tokens("national"), roster_csv_bytes(big_union(9)))
+    assert response.status_code == 422, response.text
+    assert f"more than {roster_service.WORKERS_FROM + 1_000}" in response.json()["detail"]
+    await assert_nothing_imported(row_limit_app, kafka_bootstrap, topics)
+
+
 async def test_the_import_carries_on_in_process_when_the_workers_are_broken(
         contacts_app, tokens, monkeypatch):
     class Broken(Executor):

@@ -10,8 +10,10 @@ from turnout_contacts.domain.roster import (
     PARTS,
     ROSTER_COLUMNS,
     RosterFileError,
+    RosterReader,
     parse_roster,
     parts_changed,
+    read_roster,
     roster_fingerprint,
 )
 
@@ -191,6 +193,32 @@ def test_too_many_rows():
     rows = [f"M{i:03d},A,B,G1,B1,,,,,no,no" for i in range(6)]
     with pytest.raises(RosterFileError, match="more than 5"):
         parse_roster(csv_bytes(*rows), max_rows=5)
+    reader = RosterReader(csv_bytes(*rows), max_rows=5)
+    assert len(reader.read(4)) == 4
+    with pytest.raises(RosterFileError, match="more than 5"):
+        reader.read(4)
+
+
+def test_read_a_chunk_at_a_time_the_rows_are_those_of_the_whole_file():
+    rows = [f"M{i:03d},A,B,G1,B1,,,,,no,no" for i in range(7)]
+    rows[3:3] = ["", ",,,,,,,,,,"]  # skipped, but counted as rows
+    data = csv_bytes(*rows)
+    reader = RosterReader(data)
+    chunks = [reader.read(3) for _ in range(4)]
+    assert [len(c) for c in chunks] == [3, 3, 1, 0]
+    assert [r for c in chunks for r in c] == read_roster(data).records
+    assert reader.records == 7 and [n for n, _ in chunks[1]] == [7, 8, 9]
+
+
+def test_a_row_that_is_not_csv_further_down_is_found_when_its_chunk_is_read():
+    rows = [f"M{i:03d},A,B,G1,B1,,,,,no,no" for i in range(6)]
+    rows[4] = 'M004,"A,B,G1,B1,,,,,no,no'  # a stray quote: row 6 of the file
+    reader = RosterReader(csv_bytes(*rows))
+    assert len(reader.read(3)) == 3
+    with pytest.raises(RosterFileError, match="Row 6 cannot be read as CSV"):
+        reader.read(3)
+    with pytest.raises(RosterFileError, match="no member rows"):
+        RosterReader(csv_bytes("")).read(3)
 
 
 def test_fingerprints_tell_which_part_of_a_row_changed():

@@ -42,15 +42,17 @@ def normalise_email(raw: str) -> str:
         raise InvalidValue("not a valid email address") from None
 
 
+_CONSENT_WORDS = {"yes": True, "y": True, "true": True, "1": True,
+                  "no": False, "n": False, "false": False, "0": False, "": False}
+
+
 def parse_consent(raw: str | bool | None) -> bool:
     if isinstance(raw, bool):
         return raw
-    value = (raw or "").strip().lower()
-    if value in ("yes", "y", "true", "1"):
-        return True
-    if value in ("no", "n", "false", "0", ""):
-        return False
-    raise InvalidValue("consent must be yes/no, true/false or 1/0")
+    consent = _CONSENT_WORDS.get((raw or "").strip().lower())
+    if consent is None:
+        raise InvalidValue("consent must be yes/no, true/false or 1/0")
+    return consent
 
 
 def placement_of(group_code: Any, branch_code: Any, workplace_code: Any = None,

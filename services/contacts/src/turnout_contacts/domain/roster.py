@@ -17,8 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
+from typing import NamedTuple
 
 from turnout_events.common import CODE_PATTERN, Placement
 from turnout_events.privacy import contact_kind
@@ -66,10 +69,10 @@ class RosterFileError(ValueError):
         self.errors = errors or []
 
 
-@dataclass(frozen=True, slots=True)
-class RosterRow:
+class RosterRow(NamedTuple):
     """A valid row, normalised: mobile in E.164, email normalised, consents as booleans,
-    empty cells as None."""
+    empty cells as None. (Immutable as a named tuple rather than a frozen dataclass,
+    which takes twice as long to make: there is one per row of an import.)"""
 
     row: int
     membership_number: str
@@ -92,13 +95,6 @@ class RosterFile:
     width: int
     records: list[tuple[int, list[str]]]
 
-    def membership_numbers(self) -> list[str]:
-        """Each record's membership number as written, "" where there is none (or the
-        row has the wrong number of cells)."""
-        at, width = self.positions[0], self.width
-        return [cells[at].strip() if len(cells) == width else ""
-                for _, cells in self.records]
-
 
 @dataclass
 class ParsedRoster:
@@ -119,13 +115,12 @@ def parse_roster(data: bytes, *, max_rows: int = 500_000, max_errors: int = 1000
     be read as a roster at all; otherwise returns the valid rows and every row problem
     (a file with problems must not be imported: see `ParsedRoster.ok`).
 
-    The importer runs the same steps itself, so that it can spread `check_record` over
+    The importer runs the same steps itself, so that it can spread `check_records` over
     processes for big files."""
     roster = read_roster(data, max_rows=max_rows)
     parsed = ParsedRoster()
     problems = duplicate_numbers(roster)
-    for number, cells in roster.records:
-        checked = check_record(roster, number, cells)
+    for checked in check_records(roster, roster.records):
         if isinstance(checked, RosterRow):
             parsed.rows.append(checked)
         else:
@@ -136,36 +131,68 @@ def parse_roster(data: bytes, *, max_rows: int = 500_000, max_errors: int = 1000
 
 def read_roster(data: bytes, *, max_rows: int = 500_000) -> RosterFile:
     """Decode the file, read it as CSV and check its header. Raises `RosterFileError`."""
-    text = _decode(data)
-    # Rows are numbered as a spreadsheet numbers them: every record counts, blank ones
-    # too (the csv module yields them as empty lists), and a quoted cell spanning lines
-    # is still one row.
-    lines = enumerate(csv.reader(io.StringIO(text, newline=""), strict=True), start=1)
-    number = 0
-    records: list[tuple[int, list[str]]] = []
-    try:
+    reader = RosterReader(data, max_rows=max_rows)
+    return RosterFile(positions=reader.positions, width=reader.width,
+                      records=reader.read(max_rows + 1))
+
+
+class RosterReader:
+    """A roster file read as CSV a chunk of records at a time (an import hands each
+    chunk to a worker process while it reads the next). Creating one decodes the file
+    and checks its header; `read` goes on. Both raise `RosterFileError`.
+
+    Rows are numbered as a spreadsheet numbers them: every record counts, blank ones
+    too (the csv module yields them as empty lists), and a quoted cell spanning lines is
+    still one row. Blank lines and rows of empty cells are skipped."""
+
+    def __init__(self, data: bytes, *, max_rows: int = 500_000) -> None:
+        text = _decode(data)
+        self._lines = enumerate(csv.reader(io.StringIO(text, newline=""), strict=True),
+                                start=1)
+        self._max_rows = max_rows
+        self.records = 0  # member rows read so far
+        number = 0
         header: list[str] = []
-        for number, header in lines:  # noqa: B007 - `number` is the header's row
-            if "".join(header).strip():
-                break
-        else:
-            raise RosterFileError("The file is empty: it needs a header row and a row per "
-                                  "member.")
-        positions = _header_positions(header, number)
-        for number, cells in lines:
-            if not cells or (not cells[0].strip() and not "".join(cells).strip()):
-                continue  # blank lines and rows of empty cells
-            records.append((number, cells))
-            if len(records) > max_rows:
-                raise RosterFileError(f"The file has more than {max_rows} member rows; "
-                                      "split it, or raise CONTACTS_MAX_IMPORT_ROWS.")
-    except csv.Error:
-        raise RosterFileError(
-            f"Row {number + 1} cannot be read as CSV (a stray quote, or this is not a CSV "
-            "file); export the roster as 'CSV UTF-8'.") from None
-    if not records:
-        raise RosterFileError("The file has a header but no member rows.")
-    return RosterFile(positions=positions, width=len(header), records=records)
+        try:
+            for number, header in self._lines:  # noqa: B007 - `number` is the header's row
+                if "".join(header).strip():
+                    break
+            else:
+                raise RosterFileError("The file is empty: it needs a header row and a row "
+                                      "per member.")
+        except csv.Error:
+            raise _not_csv(number + 1) from None
+        self._number = number  # the last row read
+        self.positions = _header_positions(header, number)
+        self.width = len(header)
+
+    def read(self, count: int) -> list[tuple[int, list[str]]]:
+        """The next `count` member rows as `(row number, cells)`, cells in the file's
+        column order; fewer at the end of the file, none after it."""
+        records: list[tuple[int, list[str]]] = []
+        number = self._number
+        try:
+            for number, cells in self._lines:  # noqa: B007 - the last row read, below
+                if not cells or (not cells[0].strip() and not "".join(cells).strip()):
+                    continue  # blank lines and rows of empty cells
+                records.append((number, cells))
+                if len(records) == count:
+                    break
+        except csv.Error:
+            raise _not_csv(number + 1) from None
+        self._number = number
+        self.records += len(records)
+        if self.records > self._max_rows:
+            raise RosterFileError(f"The file has more than {self._max_rows} member rows; "
+                                  "split it, or raise CONTACTS_MAX_IMPORT_ROWS.")
+        if not self.records:
+            raise RosterFileError("The file has a header but no member rows.")
+        return records
+
+
+def _not_csv(row: int) -> RosterFileError:
+    return RosterFileError(f"Row {row} cannot be read as CSV (a stray quote, or this is not "
+                           "a CSV file); export the roster as 'CSV UTF-8'.")
 
 
 def _decode(data: bytes) -> str:
@@ -213,16 +240,34 @@ def _header_positions(header: list[str], row: int) -> tuple[int, ...]:
 
 def duplicate_numbers(roster: RosterFile) -> list[RowError]:
     """A membership number may appear once: every later row with it is an error."""
-    first_row_of: dict[str, int] = {}
-    errors = []
-    for (number, _), membership_number in zip(roster.records, roster.membership_numbers(),
-                                              strict=True):
-        if membership_number:
-            first = first_row_of.setdefault(membership_number, number)
-            if first != number:
-                errors.append(RowError(number, "membership_number",
-                                       f"same membership number as row {first}"))
-    return errors
+    numbers = MembershipNumbers(roster.positions, roster.width)
+    numbers.add(roster.records)
+    return numbers.duplicates
+
+
+class MembershipNumbers:
+    """The membership numbers of a roster's records, added a chunk at a time. A number
+    may appear once: every later row with it is in `duplicates`."""
+
+    def __init__(self, positions: tuple[int, ...], width: int) -> None:
+        self._at = positions[0]
+        self._width = width
+        self.first_row: dict[str, int] = {}
+        self.duplicates: list[RowError] = []
+
+    def add(self, records: list[tuple[int, list[str]]]) -> list[str]:
+        """Each record's membership number as written, "" where there is none (or the
+        row has the wrong number of cells)."""
+        at, width = self._at, self._width
+        numbers = [cells[at].strip() if len(cells) == width else "" for _, cells in records]
+        first_row = self.first_row
+        for (row, _), number in zip(records, numbers, strict=True):
+            if number:
+                first = first_row.setdefault(number, row)
+                if first != row:
+                    self.duplicates.append(RowError(row, "membership_number",
+                                                    f"same membership number as row {first}"))
+        return numbers
 
 
 def summarise(problems: list[RowError], max_errors: int) -> tuple[list[RowError], int, int]:
@@ -233,16 +278,23 @@ def summarise(problems: list[RowError], max_errors: int) -> tuple[list[RowError]
     return problems[:max_errors], len(problems), len({e.row for e in problems})
 
 
-def check_record(roster: RosterFile, number: int, cells: list[str]
-                 ) -> RosterRow | list[RowError]:
-    """One data row: the normalised row, or its problems. (A membership number repeated
-    across rows is `duplicate_numbers`' business.)"""
-    if len(cells) != roster.width:
-        return [RowError(number, None, f"has {len(cells)} cells; the header has "
-                                       f"{roster.width}")]
+_Codes = tuple[str, str, str, str]  # group, branch, workplace, grade as written
+
+
+def check_records(roster: RosterFile, records: Iterable[tuple[int, list[str]]]
+                  ) -> list[RosterRow | list[RowError]]:
+    """Each data row, normalised, or its problems. (A membership number repeated across
+    rows is `duplicate_numbers`' business.)"""
+    cells_of = itemgetter(*roster.positions)
+    return [_check(roster.width, number, cells, cells_of) for number, cells in records]
+
+
+def _check(width: int, number: int, cells: list[str],
+           cells_of: Callable[[list[str]], tuple[str, ...]]) -> RosterRow | list[RowError]:
+    if len(cells) != width:
+        return [RowError(number, None, f"has {len(cells)} cells; the header has {width}")]
     (membership_number, first_name, last_name, group_code, branch_code, workplace_code,
-     grade, mobile, email, sms_consent, email_consent) = (
-        cells[i].strip() for i in roster.positions)
+     grade, mobile, email, sms_consent, email_consent) = [c.strip() for c in cells_of(cells)]
     problems: list[tuple[str | None, str]] = []
 
     if not membership_number:
@@ -257,17 +309,9 @@ def check_record(roster: RosterFile, number: int, cells: list[str]
         elif _CONTROL.search(value):
             problems.append((name, "contains control characters"))
 
-    codes = (group_code, branch_code, workplace_code, grade)
-    for name, value in zip(CODE_COLUMNS, codes, strict=True):
-        if not value:
-            if name in REQUIRED_CODES:
-                problems.append((name, "missing code"))
-        elif not _CODE.fullmatch(value):
-            problems.append((name, "must be 1-40 letters, digits, '_', '.' or '-', starting "
-                                   "with a letter or digit"))
-        elif contact_kind(value):
-            # Codes travel in events, which refuse anything shaped like a phone number.
-            problems.append((name, "must not contain 7 or more digits in a row"))
+    placement = _placement((group_code, branch_code, workplace_code, grade))
+    if not isinstance(placement, Placement):
+        problems += placement
 
     normalised_mobile = normalised_email = None
     if mobile:
@@ -294,18 +338,55 @@ def check_record(roster: RosterFile, number: int, cells: list[str]
         except InvalidValue as exc:
             problems.append((name, str(exc)))
 
-    if not problems:
-        try:
-            placement = placement_of(*codes)
-        except InvalidValue as exc:  # the checks above mirror the contract's; in case not
-            problems.append((None, str(exc)))
     if problems:
         return [RowError(number, f, m) for f, m in problems]
     return RosterRow(
         row=number, membership_number=membership_number,
-        first_name=first_name or None, last_name=last_name or None, placement=placement,
+        first_name=first_name or None, last_name=last_name or None,
+        placement=placement,  # type: ignore[arg-type]  # a Placement when no problems
         mobile=normalised_mobile, email=normalised_email,
         sms_consent=consents[0], email_consent=consents[1])
+
+
+# Placements this process found valid, by their codes as written: a union has hundreds
+# of workplaces, not tens of thousands, and checking a placement against the event
+# contract costs as much as checking a phone number. Invalid codes are not kept: a cell
+# in the wrong column may be personal data, which must not outlive the import.
+_VALID_PLACEMENTS: dict[_Codes, Placement] = {}
+_MAX_VALID_PLACEMENTS = 20_000
+
+
+def _placement(codes: _Codes) -> Placement | list[tuple[str | None, str]]:
+    """The placement these codes make, or their problems."""
+    placement = _VALID_PLACEMENTS.get(codes)
+    if placement is None:
+        checked = _check_codes(codes)
+        if not isinstance(checked, Placement):
+            return checked
+        if len(_VALID_PLACEMENTS) >= _MAX_VALID_PLACEMENTS:
+            _VALID_PLACEMENTS.clear()
+        placement = _VALID_PLACEMENTS[codes] = checked
+    return placement
+
+
+def _check_codes(codes: _Codes) -> Placement | list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    for name, value in zip(CODE_COLUMNS, codes, strict=True):
+        if not value:
+            if name in REQUIRED_CODES:
+                problems.append((name, "missing code"))
+        elif not _CODE.fullmatch(value):
+            problems.append((name, "must be 1-40 letters, digits, '_', '.' or '-', starting "
+                                   "with a letter or digit"))
+        elif contact_kind(value):
+            # Codes travel in events, which refuse anything shaped like a phone number.
+            problems.append((name, "must not contain 7 or more digits in a row"))
+    if problems:
+        return problems
+    try:
+        return placement_of(*codes)
+    except InvalidValue as exc:  # the checks above mirror the contract's; in case not
+        return [(None, str(exc))]
 
 
 # -- what the roster said last time -------------------------------------------------------
@@ -336,8 +417,12 @@ def roster_fingerprint(index: BlindIndex, row: RosterRow) -> bytes:
         index.digest("mobile", row.mobile)[:_PART_BYTES] if row.mobile else no_mobile,
         index.digest("email", row.email)[:_PART_BYTES] if row.email else no_email,
         _placement_part(index, row.placement),
-        bytes([row.sms_consent | row.email_consent << 1]),
+        _CONSENTS[row.sms_consent, row.email_consent],
     ))
+
+
+_CONSENTS = {(sms, email): bytes([sms | email << 1]) for sms in (False, True)
+             for email in (False, True)}
 
 
 @lru_cache(maxsize=8192)
