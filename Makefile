@@ -32,3 +32,4 @@ schemas:
 bench:
 	@scripts/bootstrap.sh
 	@uv run python bench/relay_throughput.py
+	@uv run python bench/stream_latency.py
