@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from turnout_events.relay import OutboxRelay, asyncpg_dsn
+from turnout_events.topics import METADATA_MAX_AGE_MS
 from turnout_kit.app import create_app, open_database, serve
 from turnout_kit.db import session_factory
 from turnout_kit.logging import broker_logger, configure_logging
@@ -31,7 +32,8 @@ def create_ballots_app(settings: BallotsSettings | None = None) -> FastAPI:
     settings = settings or BallotsSettings()
     ctx = BallotsContext.from_settings(settings)
     broker = KafkaBroker(settings.kafka_bootstrap_servers, logger=broker_logger(),
-                         enable_idempotence=True, acks="all", client_id="ballots")
+                         enable_idempotence=True, acks="all", client_id="ballots",
+                         metadata_max_age_ms=METADATA_MAX_AGE_MS)
     register_subscribers(broker, ctx)
 
     async def start(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from turnout_events.relay import OutboxRelay
+from turnout_events.topics import METADATA_MAX_AGE_MS
 from turnout_kit.app import create_app, open_database, serve
 from turnout_kit.db import session_factory
 from turnout_kit.logging import broker_logger, configure_logging
@@ -27,7 +28,8 @@ def create_contacts_app(settings: ContactsSettings | None = None) -> FastAPI:
     settings = settings or ContactsSettings()
     ctx = ContactsContext.from_settings(settings)
     broker = KafkaBroker(settings.kafka_bootstrap_servers, logger=broker_logger(),
-                         enable_idempotence=True, acks="all", client_id="contacts")
+                         enable_idempotence=True, acks="all", client_id="contacts",
+                         metadata_max_age_ms=METADATA_MAX_AGE_MS)
     register_subscribers(broker, ctx)
 
     async def start(app: FastAPI) -> None:

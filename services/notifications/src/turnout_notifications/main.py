@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from turnout_events.relay import OutboxRelay
+from turnout_events.topics import METADATA_MAX_AGE_MS
 from turnout_kit.app import create_app, open_database, serve
 from turnout_kit.db import session_factory
 from turnout_kit.logging import broker_logger, configure_logging
@@ -57,7 +58,8 @@ def create_notifications_app(settings: NotificationsSettings | None = None, *,
     settings = settings or NotificationsSettings()
     ctx = NotificationsContext.from_settings(settings, clock)
     broker = KafkaBroker(settings.kafka_bootstrap_servers, logger=broker_logger(),
-                         enable_idempotence=True, acks="all", client_id="notifications")
+                         enable_idempotence=True, acks="all", client_id="notifications",
+                         metadata_max_age_ms=METADATA_MAX_AGE_MS)
     register_subscribers(broker, ctx)
     channels = ContactChannels(settings)
     background: list[asyncio.Task] = []

@@ -31,7 +31,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from prometheus_client import Counter
 
-from turnout_events.topics import TopicRegistry
+from turnout_events.topics import METADATA_MAX_AGE_MS, TopicRegistry
 
 from ..projections.folder import Fetched, Folder, OnBatch
 from ..settings import ReportingSettings
@@ -64,6 +64,7 @@ def consumer_options(settings: ReportingSettings) -> dict[str, Any]:
         # Room for about a batch to be prefetched while the one before folds.
         "max_partition_fetch_bytes": settings.fold_fetch_partition_bytes,
         "fetch_max_bytes": 8 * settings.fold_fetch_partition_bytes,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
 
 
