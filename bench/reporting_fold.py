@@ -37,7 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg  # noqa: E402
-from turnout_events.relay import asyncpg_dsn  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from turnout_reporting.context import ReportingContext  # noqa: E402
 from turnout_reporting.main import MIGRATIONS  # noqa: E402
@@ -61,6 +60,7 @@ from tests.support.isolation import (  # noqa: E402
     delete_topics,
     drop_database,
 )
+from turnout_events.relay import asyncpg_dsn  # noqa: E402
 from turnout_kit.db import run_migrations  # noqa: E402
 
 MIN_FOLD_RATE = 50_000
