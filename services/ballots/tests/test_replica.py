@@ -94,12 +94,16 @@ async def test_the_roll_is_fixed_when_the_ballot_opens(ballots_app, tokens, topi
 
     ballot = (await ballots_app.get(f"/v1/ballots/{ballot_id}", headers=national)).json()
     assert ballot["counts"]["eligible"] == 2
-    entry = await ballots_app.get(f"/v1/ballots/{ballot_id}/roll/{leaving}", headers=b1_rep)
+    # Still on the roll, placed as at opening; chased and marked by their branch now.
+    b2_rep = tokens("rep", branches=["B2"])
+    entry = await ballots_app.get(f"/v1/ballots/{ballot_id}/roll/{leaving}", headers=b2_rep)
     assert entry.status_code == 200
     assert entry.json()["placement"]["branch_code"] == "B1"  # as at opening
-    # The B1 rep still marks the member who moved: the roll places them in B1.
+    gone = await ballots_app.put(f"/v1/ballots/{ballot_id}/votes/{leaving}",
+                                 json={"source": "rep"}, headers=b1_rep)
+    assert gone.status_code == 404, gone.text
     marked = await ballots_app.put(f"/v1/ballots/{ballot_id}/votes/{leaving}",
-                                   json={"source": "rep"}, headers=b1_rep)
+                                   json={"source": "rep"}, headers=b2_rep)
     assert marked.status_code == 201, marked.text
     newcomer = await ballots_app.put(f"/v1/ballots/{ballot_id}/votes/{joining}",
                                      json={"source": "rep"}, headers=national)
@@ -113,3 +117,47 @@ async def test_the_roll_is_fixed_when_the_ballot_opens(ballots_app, tokens, topi
     later = await create_ballot(ballots_app, tokens, branches=["B2"])
     opened = await ballots_app.post(f"/v1/ballots/{later}/open", headers=national)
     assert opened.json()["counts"]["eligible"] == 1
+
+
+async def test_a_member_who_moves_is_in_the_scope_of_their_new_branch(
+        ballots_app, tokens, topics, kafka_bootstrap):
+    """Contacts' chase list shows a member to the rep of the branch they are in now and
+    reporting counts them there, so that rep (and that group's organiser) is the one who
+    reads and marks them; the branch they left no longer does. Who is on the roll stays
+    as it was at opening."""
+    moving, staying = uuid.uuid4(), uuid.uuid4()
+    before = history(moving, ["B1"]) + history(staying, ["B1"])
+    await produce(kafka_bootstrap, topics.events("contacts"), before)
+    await consumed(ballots_app, before)
+    ballot_id = await open_ballot(ballots_app, tokens, groups=["G1"], branches=[])
+    moved = [MemberMoved(member_id=moving, member_version=2, previous=placed("B1"),
+                         placement=placed("B2", group="G2"))]
+    moved = [Envelope.wrap(e, actor="system") for e in moved]
+    await produce(kafka_bootstrap, topics.events("contacts"), moved)
+    await consumed(ballots_app, moved)
+
+    b1_rep, b2_rep = tokens("rep", branches=["B1"]), tokens("rep", branches=["B2"])
+    g2_organiser = tokens("organiser", groups=["G2"])
+    path = f"/v1/ballots/{ballot_id}"
+    counts = {name: (await ballots_app.get(path, headers=headers)).json()["counts"]
+              for name, headers in (("b1", b1_rep), ("b2", b2_rep), ("g2", g2_organiser))}
+    assert [counts[n]["eligible"] for n in ("b1", "b2", "g2")] == [1, 1, 1]
+    for headers in (b2_rep, g2_organiser):
+        entry = await ballots_app.get(f"{path}/roll/{moving}", headers=headers)
+        assert entry.status_code == 200, entry.text
+    assert (await ballots_app.get(f"{path}/roll/{moving}", headers=b1_rep)).status_code == 404
+    asked = await ballots_app.post(f"{path}/replacement-requests",
+                                   json={"member_id": str(moving), "reason": "lost"},
+                                   headers=b2_rep)
+    assert asked.status_code == 201, asked.text
+    refused = await ballots_app.post(f"{path}/votes:import",
+                                     content=f"member_id\n{moving}\n".encode(),
+                                     headers=tokens("organiser", groups=["G1"]))
+    assert refused.status_code == 422, refused.text
+    listed = await ballots_app.post(f"{path}/votes:import",
+                                    content=f"member_id\n{moving}\n".encode(),
+                                    headers=g2_organiser)
+    assert listed.status_code == 200, listed.text
+    counts = (await ballots_app.get(path, headers=b2_rep)).json()["counts"]
+    assert (counts["eligible"], counts["voted"]) == (1, 1)
+    assert (await ballots_app.get(path, headers=b1_rep)).json()["counts"]["voted"] == 0

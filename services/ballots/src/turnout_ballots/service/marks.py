@@ -35,7 +35,7 @@ from turnout_kit.problems import Problem
 from turnout_kit.uow import UnitOfWork
 
 from ..context import BallotsContext
-from ..db.tables import ballots, roll, votes
+from ..db.tables import ballots, member_replica, roll, votes
 from ..domain.ballot import BallotStatus
 from .scope import ballot_not_found, load_ballot, not_on_roll
 
@@ -63,18 +63,19 @@ class Mark:
 def refusal(caller: Caller | None, ballot_id: uuid.UUID, member_id: uuid.UUID,
             found: Mapping[str, Any] | None, action: str) -> Problem | None:
     """Why `action` cannot be done for this member, from the ballot's status and
-    closed_at and the member's group_code and branch_code on its roll (null when not on
-    it): 404 for an unknown ballot or a member not on its roll (or out of the caller's
-    scope: the same answer), 409 for a ballot not open. `caller` None is the service
-    itself (a consumed event), which sees every roll."""
+    closed_at, the member's group_code on its roll (null when not on it) and the
+    placement that decides scope (`scope_group_code`, `scope_branch_code`: where they are
+    now, see service/scope.py): 404 for an unknown ballot or a member not on its roll
+    (or out of the caller's scope: the same answer), 409 for a ballot not open. `caller`
+    None is the service itself (a consumed event), which sees every roll."""
     if found is None or found["status"] is None:
         return ballot_not_found(ballot_id)
     if found["status"] == BallotStatus.DRAFT:
         return Problem(409, detail=f"Ballot {ballot_id} has not opened yet: {action} once "
                                    "it opens.")
     if found["group_code"] is None or (
-            caller is not None and not caller.can_see(found["group_code"],
-                                                      found["branch_code"])):
+            caller is not None and not caller.can_see(found["scope_group_code"],
+                                                      found["scope_branch_code"])):
         return not_on_roll(ballot_id, member_id)
     if found["status"] == BallotStatus.CLOSED:
         return Problem(409, detail=f"Ballot {ballot_id} closed at "
@@ -108,12 +109,17 @@ async def member_on_open_ballot(session: Any, caller: Caller | None, ballot_id: 
     replacement requests), in the caller's unit of work."""
     row = (await session.execute(
         sa.select(ballots.c.status, ballots.c.closed_at, roll.c.group_code,
-                  roll.c.branch_code, votes.c.source, votes.c.actor, votes.c.voted_at,
-                  votes.c.conversation_id)
+                  roll.c.branch_code,
+                  sa.func.coalesce(member_replica.c.group_code, roll.c.group_code)
+                  .label("scope_group_code"),
+                  sa.func.coalesce(member_replica.c.branch_code, roll.c.branch_code)
+                  .label("scope_branch_code"),
+                  votes.c.source, votes.c.actor, votes.c.voted_at, votes.c.conversation_id)
         .select_from(
             ballots
             .outerjoin(roll, sa.and_(roll.c.ballot_id == ballots.c.ballot_id,
                                      roll.c.member_id == member_id))
+            .outerjoin(member_replica, member_replica.c.member_id == roll.c.member_id)
             .outerjoin(votes, sa.and_(votes.c.ballot_id == ballots.c.ballot_id,
                                       votes.c.member_id == member_id)))
         .where(ballots.c.ballot_id == ballot_id)
@@ -172,10 +178,13 @@ WITH locked AS (
     WHERE ballot_id = ANY($1::uuid[]) FOR SHARE
 )
 SELECT b.status, b.closed_at, r.group_code, r.branch_code,
+       COALESCE(m.group_code, r.group_code) AS scope_group_code,
+       COALESCE(m.branch_code, r.branch_code) AS scope_branch_code,
        v.source, v.actor, v.voted_at, v.conversation_id
 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS i(ballot_id, member_id, n)
 LEFT JOIN locked b ON b.ballot_id = i.ballot_id
 LEFT JOIN {roll.name} r ON r.ballot_id = i.ballot_id AND r.member_id = i.member_id
+LEFT JOIN {member_replica.name} m ON m.member_id = r.member_id
 LEFT JOIN {votes.name} v ON v.ballot_id = i.ballot_id AND v.member_id = i.member_id
 ORDER BY i.n
 """

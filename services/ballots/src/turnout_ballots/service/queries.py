@@ -11,10 +11,17 @@ import sqlalchemy as sa
 from turnout_kit.auth import Caller
 
 from ..context import BallotsContext
-from ..db.tables import enrolments, replacement_requests, retracted_votes, roll, votes
+from ..db.tables import (
+    enrolments,
+    member_replica,
+    replacement_requests,
+    retracted_votes,
+    roll,
+    votes,
+)
 from ..domain.ballot import Ballot, BallotStatus, turnout, votes_needed
 from .marks import Mark
-from .scope import load_ballot, not_on_roll, scope_filter
+from .scope import load_ballot, not_on_roll, roll_scope_filter
 
 
 def ballot_view(ballot: Ballot) -> dict[str, Any]:
@@ -46,7 +53,7 @@ async def get_ballot(ctx: BallotsContext, caller: Caller, ballot_id: uuid.UUID) 
             .where(enrolments.c.ballot_id == ballot_id))).one()
         view["enrolment"] = {"total": progress.total, "published": progress.published,
                              "complete": progress.completed_at is not None}
-        on_roll = sa.and_(roll.c.ballot_id == ballot_id, scope_filter(caller))
+        on_roll = sa.and_(roll.c.ballot_id == ballot_id, roll_scope_filter(caller))
         if caller.unscoped:
             eligible = ballot.eligible_count or 0
             voted = await session.scalar(sa.select(sa.func.count()).select_from(votes)
@@ -85,7 +92,12 @@ async def roll_entry(ctx: BallotsContext, caller: Caller, ballot_id: uuid.UUID,
         await load_ballot(session, caller, ballot_id)
         entry = (await session.execute(sa.select(roll).where(
             roll.c.ballot_id == ballot_id, roll.c.member_id == member_id))).first()
-        if entry is None or not caller.can_see(entry.group_code, entry.branch_code):
+        # In scope where they are now (service/scope.py); the entry shows the roll's.
+        now = (await session.execute(
+            sa.select(member_replica.c.group_code, member_replica.c.branch_code)
+            .where(member_replica.c.member_id == member_id))).first() if entry else None
+        if entry is None or not caller.can_see(*(now or (entry.group_code,
+                                                         entry.branch_code))):
             raise not_on_roll(ballot_id, member_id)
         mark = (await session.execute(sa.select(votes).where(
             votes.c.ballot_id == ballot_id, votes.c.member_id == member_id))).first()

@@ -2,7 +2,11 @@
 exactly like not found.
 
 - A member on a roll is seen by reps of the branch and organisers of the group the member
-  had *on the roll* (placement at opening), and by national, service and admin callers.
+  is in *now* (contacts' latest placement, from the replica; their placement on the roll
+  if the replica has none), and by national, service and admin callers. Who is on the
+  roll is fixed at opening, but a member who moves during the ballot is chased by their
+  new branch: it is the branch whose chase list shows them (contacts) and whose turnout
+  counts them (reporting), so it must be the one that can mark them.
 - A ballot is seen by anyone who can see at least one member it covers (once open: one
   member of its roll; before: one member of the replica in its scope), or whose own
   groups (organisers) or branches (reps) its scope lists by name.
@@ -43,6 +47,19 @@ def scope_filter(caller: Caller, table: sa.Table = roll) -> sa.ColumnElement[boo
     return caller.scope_clause(table)
 
 
+def roll_scope_filter(caller: Caller) -> sa.ColumnElement[bool]:
+    """A WHERE clause limiting roll rows to members in the caller's scope where they are
+    now (see the module docstring): in scope in the replica, or, for a member the replica
+    does not hold, in scope on the roll."""
+    if caller.unscoped:
+        return sa.true()
+    now = member_replica
+    return sa.or_(
+        roll.c.member_id.in_(sa.select(now.c.member_id).where(scope_filter(caller, now))),
+        sa.and_(scope_filter(caller, roll),
+                ~sa.exists().where(now.c.member_id == roll.c.member_id)))
+
+
 def in_ballot_scope(scope: BallotScope, table: sa.Table = member_replica) -> sa.ColumnElement[bool]:
     """Members a ballot of this scope covers: the union of its groups and branches."""
     return sa.or_(table.c.group_code.in_(scope.group_codes),
@@ -61,7 +78,7 @@ async def can_see_ballot(session: AsyncSession, caller: Caller, ballot: Ballot) 
             in_ballot_scope(ballot.scope), scope_filter(caller, member_replica))
     else:
         covered = sa.select(roll.c.member_id).where(roll.c.ballot_id == ballot.ballot_id,
-                                                    scope_filter(caller, roll))
+                                                    roll_scope_filter(caller))
     return bool(await session.scalar(sa.select(sa.exists(covered))))
 
 

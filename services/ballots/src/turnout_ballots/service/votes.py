@@ -23,7 +23,7 @@ from ..db.tables import retracted_votes, roll, votes
 from ..domain.ballot import BallotStatus
 from ..domain.scrutineer import ScrutineerList
 from .marks import Mark, member_on_open_ballot
-from .scope import load_ballot, scope_filter
+from .scope import load_ballot, roll_scope_filter
 
 # How many rows of a refused scrutineer list are itemised in the answer.
 MAX_REPORTED_ERRORS = 1000
@@ -78,7 +78,7 @@ async def import_scrutineer_list(ctx: BallotsContext, caller: Caller, ballot_id:
         on_roll = set((await session.scalars(
             sa.select(roll.c.member_id).where(roll.c.ballot_id == ballot_id,
                                               roll.c.member_id == sa.any_(ids_param),
-                                              scope_filter(caller)))).all())
+                                              roll_scope_filter(caller)))).all())
         errors = list(listing.errors) + [
             {"row": line, "field": "member_id",
              "message": f"member {member_id} is not on the roll of this ballot in your scope"}
