@@ -72,7 +72,9 @@ class PlacementPatch(BaseModel):
 
 class ConversationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ballot_id: uuid.UUID | None = None
+    ballot_id: uuid.UUID | None = Field(default=None, description=(
+        'The ballot the conversation was about. Required when outcome is "voted": that '
+        "outcome marks the member's vote in this ballot."))
     channel: ConversationChannel
     outcome: ConversationOutcome
     note: str | None = Field(default=None, max_length=2000)

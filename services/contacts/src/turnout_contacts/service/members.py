@@ -47,8 +47,9 @@ class ContactChange:
     email_consent: object = UNSET
 
 
-def _invalid(field: str, exc: InvalidValue) -> Problem:
-    return Problem(422, detail=f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}])
+def _invalid(field: str, reason: InvalidValue | str) -> Problem:
+    return Problem(422, detail=f"{field}: {reason}",
+                   errors=[{"field": field, "message": str(reason)}])
 
 
 async def update_contact(ctx: ContactsContext, caller: Caller, member_id: uuid.UUID,
@@ -142,6 +143,12 @@ async def log_conversation(ctx: ContactsContext, caller: Caller, member_id: uuid
                            channel: ConversationChannel, outcome: ConversationOutcome,
                            ballot_id: uuid.UUID | None = None, note: str | None = None,
                            contacted_at: datetime | None = None) -> uuid.UUID:
+    if outcome is ConversationOutcome.VOTED and ballot_id is None:
+        # The ballots service marks the vote in the ballot the event names, and reporting
+        # counts conversations by ballot: without one, "they told me they voted" would be
+        # logged and the vote itself silently lost.
+        raise _invalid("ballot_id", 'required when the outcome is "voted": that outcome '
+                                    "marks the member's vote in a ballot, so say which one")
     conversation_id = uuid.uuid4()
     contacted_at = contacted_at or datetime.now(UTC)
     async with ctx.uow(caller.actor) as uow:
