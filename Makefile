@@ -31,5 +31,4 @@ schemas:
 
 bench:
 	@scripts/bootstrap.sh
-	@uv run python bench/relay_throughput.py
-	@uv run python bench/stream_latency.py
+	@scripts/bench.sh
