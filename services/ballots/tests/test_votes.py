@@ -131,8 +131,9 @@ async def test_a_retracted_mark_can_be_marked_again(ballots_app, tokens, topics,
     assert (await ballots_app.put(vote_path(ballot_id, member_id), json={"source": "rep"},
                                   headers=rep)).status_code == 201
 
+    # `reason`, as DESIGN.md names it (`reason_code`, as the answer names it, below).
     retracted = await ballots_app.request("DELETE", vote_path(ballot_id, member_id),
-                                          json={"reason_code": "wrong_member"}, headers=rep)
+                                          json={"reason": "wrong_member"}, headers=rep)
     assert retracted.status_code == 200, retracted.text
     assert retracted.json()["retracted"]["source"] == "rep"
     assert retracted.json()["reason_code"] == "wrong_member"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.exceptions import HTTPException
 
 from turnout_events.ballots import RetractionReason, VoteSource
@@ -44,7 +44,11 @@ class MarkOut(BaseModel):
 
 class RetractIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason_code: RetractionReason
+    # `reason` as DESIGN.md names it; `reason_code`, the name the events and answers use,
+    # is accepted too.
+    reason_code: RetractionReason = Field(
+        validation_alias=AliasChoices("reason", "reason_code"),
+        description="Why the mark is withdrawn (also accepted as `reason_code`).")
 
 
 class RetractionOut(BaseModel):
