@@ -311,9 +311,9 @@ async def test_a_scrutineer_list_with_unknown_members_applies_nothing(
     ballot = (await ballots_app.get(f"/v1/ballots/{ballot_id}", headers=national)).json()
     assert ballot["counts"]["voted"] == 0
 
-    numbers = await ballots_app.post(path, content=b"membership_number\nM100\n",
-                                     headers=national)
-    assert numbers.status_code == 422 and "member_id only" in numbers.json()["detail"]
+    unnamed = await ballots_app.post(path, content=b"member\nM100\n", headers=national)
+    assert unnamed.status_code == 422
+    assert "member_id or a membership_number column" in unnamed.json()["detail"]
     corrected = "\n".join(line for line in listing.splitlines()
                           if str(outsider) not in line and "07911" not in line)
     applied = await ballots_app.post(path, content=corrected.encode(), headers=national)

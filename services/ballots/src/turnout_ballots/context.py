@@ -14,6 +14,7 @@ from turnout_events.relay import OutboxRelay
 from turnout_events.topics import TopicRegistry
 from turnout_kit.uow import UnitOfWork
 
+from .service.directory import MemberDirectory
 from .service.group_commit import GroupCommit
 from .settings import BallotsSettings
 
@@ -31,6 +32,8 @@ class BallotsContext:
     relay: OutboxRelay | None = field(default=None, repr=False)
     # Rolls whose member-enrolled events this process is writing (service/enrolment.py).
     enrolments: dict[uuid.UUID, asyncio.Task] = field(default_factory=dict, repr=False)
+    # Membership numbers to member ids, from contacts (service/directory.py).
+    directory: MemberDirectory | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: BallotsSettings) -> BallotsContext:

@@ -20,6 +20,7 @@ from .api import routers, votes
 from .context import BallotsContext
 from .messaging.subscribers import register_subscribers
 from .service import enrolment
+from .service.directory import MemberDirectory
 from .service.group_commit import GroupCommit
 from .service.marks import write_marks
 from .settings import BallotsSettings
@@ -52,11 +53,15 @@ def create_ballots_app(settings: BallotsSettings | None = None) -> FastAPI:
         ctx.relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                                 service="ballots")
         ctx.relay.start()
+        if ctx.directory is None:  # tests may have put one of their own
+            ctx.directory = MemberDirectory(settings)
         # Rolls a previous process was still publishing when it stopped.
         await enrolment.resume_unfinished(ctx)
 
     async def stop(app: FastAPI) -> None:
         await enrolment.stop_all(ctx)
+        if ctx.directory is not None:
+            await ctx.directory.aclose()
         if ctx.relay is not None:
             await ctx.relay.stop()
         if ctx.marks is not None:

@@ -18,6 +18,10 @@ class BallotsSettings(ServiceSettings):
     # A scrutineer's list is one member id a line: 500,000 ids are about 19 MiB.
     max_body_bytes: int = Field(default=32 * MiB, ge=0)
     max_import_rows: int = Field(default=500_000, ge=1)
+    # Where a scrutineer's list keyed by membership number is matched to member ids
+    # (POST /internal/v1/member-ids, with a service token).
+    contacts_url: str = "http://127.0.0.1:8001"
+    contacts_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Opening a ballot writes one member-enrolled event per member on the roll, this many
     # to a transaction, so a roll of a million never sits in one transaction.

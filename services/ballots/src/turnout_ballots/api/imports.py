@@ -36,11 +36,12 @@ class ImportOut(BaseModel):
                                                                "format": "binary"}}}}}}})
 async def import_votes(ballot_id: uuid.UUID, request: Request, ctx: Ctx,
                        caller: CurrentCaller) -> Any:
-    """A CSV with a header line and a `member_id` column (other columns are ignored), as
-    the body (`text/csv`) or as the `file` of a form. Every line is checked first: a line
-    that is not a member id, or a member not on the roll in your scope, refuses the whole
-    list (422, every such line listed) and nothing is marked. Members are matched by
-    member id only: this service never sees membership numbers."""
+    """A CSV with a header line and a `member_id` or a `membership_number` column (other
+    columns are ignored; `member_id` wins if both), as the body (`text/csv`) or as the
+    `file` of a form. Membership numbers are matched to members by the contacts service.
+    Every line is checked first: a line that names no member, or a member not on the
+    roll in your scope, refuses the whole list (422, every such line listed) and nothing
+    is marked."""
     if caller.role not in IMPORTERS:
         raise Problem(403, detail="Scrutineer lists are imported by national, admin and "
                                   "organiser users.")

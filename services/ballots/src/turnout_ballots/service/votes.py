@@ -21,7 +21,8 @@ from turnout_kit.problems import Problem
 from ..context import BallotsContext
 from ..db.tables import retracted_votes, roll, votes
 from ..domain.ballot import BallotStatus
-from ..domain.scrutineer import ScrutineerList
+from ..domain.scrutineer import MEMBER_ID, ScrutineerList
+from .directory import DirectoryUnavailable
 from .marks import Mark, member_on_open_ballot
 from .scope import load_ballot, roll_scope_filter
 
@@ -67,6 +68,8 @@ async def import_scrutineer_list(ctx: BallotsContext, caller: Caller, ballot_id:
                                  listing: ScrutineerList) -> dict[str, int]:
     """Mark every member of a scrutineer's list, or (if any line is bad or names a member
     not on the roll in the caller's scope) nothing at all."""
+    if listing.numbers:
+        await _match_membership_numbers(ctx, listing)
     async with ctx.uow(caller.actor) as uow:
         session = uow.session
         ballot = await load_ballot(session, caller, ballot_id, lock="share")
@@ -80,8 +83,10 @@ async def import_scrutineer_list(ctx: BallotsContext, caller: Caller, ballot_id:
                                               roll.c.member_id == sa.any_(ids_param),
                                               roll_scope_filter(caller)))).all())
         errors = list(listing.errors) + [
-            {"row": line, "field": "member_id",
-             "message": f"member {member_id} is not on the roll of this ballot in your scope"}
+            {"row": line, "field": listing.key,
+             "message": (f"member {member_id} is not on the roll of this ballot in your scope"
+                         if listing.key == MEMBER_ID else
+                         "this member is not on the roll of this ballot in your scope")}
             for line, member_id in listing.entries if member_id not in on_roll]
         if errors:
             errors.sort(key=lambda e: int(str(e["row"])))
@@ -112,3 +117,18 @@ async def import_scrutineer_list(ctx: BallotsContext, caller: Caller, ballot_id:
     return {"lines": len(ids) + listing.duplicates, "members": len(ids),
             "marked": len(marked), "already_voted": len(ids) - len(marked),
             "duplicate_lines": listing.duplicates}
+
+
+async def _match_membership_numbers(ctx: BallotsContext, listing: ScrutineerList) -> None:
+    """Member ids for the list's membership numbers, from contacts, before anything is
+    marked: if contacts cannot answer, nothing is (503, send the list again later)."""
+    if ctx.directory is None:
+        raise RuntimeError("the ballots service has not started")
+    try:
+        found = await ctx.directory.member_ids([number for _, number in listing.numbers])
+    except DirectoryUnavailable:
+        raise Problem(503, detail=(
+            "The contacts service, which matches membership numbers to members, did not "
+            "answer; nothing was marked. Send the list again shortly, or send it with a "
+            "member_id column.")) from None
+    listing.matched(found)
