@@ -4,7 +4,9 @@ In order of preference:
 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` from the environment (servers you run);
 2. testcontainers, when a Docker engine answers (official apache/kafka and postgres images);
 3. the project's local runtime (embedded PostgreSQL + a KRaft broker from Maven Central),
-   started here if it is not running and stopped at the end if this run started it.
+   started here if it is not running, and stopped at the end if this run started it and
+   no other test run on this machine is still using it (`_LocalRuntimeUsers`: a run that
+   started the broker while another was running would otherwise stop it under that one).
 
 One broker and one database server serve the whole run; tests isolate themselves with
 their own topic namespace and their own database.
@@ -19,6 +21,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -53,18 +56,23 @@ def provide_infra() -> Iterator[Infra]:
                 how.append("postgres:testcontainers")
         if kafka is None or database is None:
             from turnout_local.kafka import LocalKafka
+            from turnout_local.paths import local_dir
             from turnout_local.postgres import LocalPostgres
+
+            users = _LocalRuntimeUsers(local_dir() / "test-runs")
+            users.enter()
+            stops.append(users.leave)
 
             if database is None:
                 pg = LocalPostgres()
                 if not pg.status().running:
-                    stops.append(pg.stop)
+                    stops.append(users.unless_in_use(pg.stop))
                 database = pg.start().url
                 how.append("postgres:embedded")
             if kafka is None:
                 broker = LocalKafka()
                 if not broker.status().running:
-                    stops.append(broker.stop)
+                    stops.append(users.unless_in_use(broker.stop))
                 kafka = broker.start().bootstrap_servers
                 how.append("kafka:local-runtime")
         else:
@@ -74,6 +82,42 @@ def provide_infra() -> Iterator[Infra]:
         for stop in reversed(stops):
             with contextlib.suppress(Exception):
                 stop()
+
+
+class _LocalRuntimeUsers:
+    """The test runs on this machine using the local runtime, one file per process id,
+    so that the run that started the runtime stops it only once no other run is left."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.mine = folder / str(os.getpid())
+
+    def enter(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mine.touch()
+
+    def leave(self) -> None:
+        self.mine.unlink(missing_ok=True)
+
+    def others(self) -> bool:
+        for entry in self.folder.iterdir():
+            if entry == self.mine or not entry.name.isdigit():
+                continue
+            try:
+                os.kill(int(entry.name), 0)
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)  # a run that died without leaving
+            except PermissionError:
+                return True  # alive, another user's
+            else:
+                return True
+        return False
+
+    def unless_in_use(self, stop: Callable[[], None]) -> Callable[[], None]:
+        def stop_if_alone() -> None:
+            if not self.others():
+                stop()
+        return stop_if_alone
 
 
 def _free_port() -> int:
