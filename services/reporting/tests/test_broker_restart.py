@@ -1,5 +1,5 @@
-"""The fold and the broker's comings and goings: it outlives a broker restart, and it
-picks up topics that did not exist yet when it joined its group."""
+"""The fold and the broker's comings and goings: it outlives a broker restart, it picks up
+topics that did not exist yet when it joined its group, and its lag shows on /metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 from turnout_reporting.main import create_reporting_app
-from turnout_reporting.messaging.consumer import group_id
+from turnout_reporting.messaging.consumer import group_id, source_topics
 from turnout_reporting.settings import ReportingSettings
 
 from services.reporting.tests.events import publish
@@ -103,3 +103,35 @@ async def test_a_fold_that_joined_before_its_topics_existed_folds_them_once_they
     finally:
         await conn.close()
         await delete_topics(kafka_bootstrap, topics)
+
+
+async def test_metrics_show_the_records_the_fold_has_yet_to_fold(reporting_app, topics,
+                                                                 kafka_bootstrap):
+    """`kafka_consumer_lag_records` for the fold's group: records published but not yet
+    folded, per topic, 0 once it has caught up."""
+    app = reporting_app.app
+    consumer = app.state.ctx.consumer
+    group = group_id(topics)
+    _, events = synthetic(members=40, seed=74)
+
+    def lags() -> dict[str, float]:
+        from prometheus_client import REGISTRY
+        return {s.labels["topic"]: s.value
+                for metric in REGISTRY.collect() if metric.name == "kafka_consumer_lag_records"
+                for s in metric.samples if s.labels["group"] == group}
+
+    await eventually(lambda: assignment(consumer), what="the fold to own its partitions")
+    await consumer.pause()  # no batch folds until resumed; fetching goes on
+    try:
+        await publish(kafka_bootstrap, topics, events)
+        await eventually(lambda: sum(lags().values()) > 0, timeout=30,
+                         what="the gauge to show records waiting to be folded")
+    finally:
+        consumer.resume()
+    await eventually(lambda: consumer.folded == len(events), timeout=60,
+                     what="the fold to catch up")
+    await eventually(lambda: lags() and not any(lags().values()), timeout=30,
+                     what="the gauge to fall to 0 once folded")
+    assert set(lags()) == set(source_topics(topics))
+    scraped = await reporting_app.get("/metrics")
+    assert f'kafka_consumer_lag_records{{group="{group}"' in scraped.text

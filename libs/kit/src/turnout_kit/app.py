@@ -30,6 +30,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from turnout_events.lag import CONSUMER_LAG, faststream_lag
+
 from .auth import TokenVerifier
 from .db import create_engine, ensure_database, run_migrations
 from .idempotency import IdempotencyMiddleware, PathPattern
@@ -86,8 +88,11 @@ def create_app(
         for hook in on_startup:
             await hook(app)
         retry: asyncio.Task[None] | None = None
+        lag = None
         if broker is not None:
             retry = await start_with_retry(broker)
+            lag = faststream_lag(broker)
+            CONSUMER_LAG.add(lag)
         log.info("service_started", title=title, version=version,
                  port=settings.http_port)
         try:
@@ -97,6 +102,8 @@ def create_app(
                 retry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retry
+            if lag is not None:
+                CONSUMER_LAG.remove(lag)
             if broker is not None:
                 try:
                     await broker.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from turnout_events.lag import CONSUMER_LAG
 from turnout_kit.app import create_app, open_database, serve, start_with_retry
 from turnout_kit.db import session_factory
 from turnout_kit.logging import configure_logging
@@ -39,6 +40,7 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
             # folded and keep trying to join the group in the background.
             app.state.fold_starter = await start_with_retry(ctx.consumer,
                                                             name="fold_consumer")
+            CONSUMER_LAG.add(ctx.consumer.lag)
 
     async def stop(app: FastAPI) -> None:
         if ctx.rebuild is not None and not ctx.rebuild.done():
@@ -52,6 +54,7 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await starter
         if ctx.consumer is not None:
+            CONSUMER_LAG.remove(ctx.consumer.lag)
             await ctx.consumer.stop()
             ctx.consumer = None
         if ctx.pool is not None:

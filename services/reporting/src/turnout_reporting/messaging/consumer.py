@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -150,6 +151,20 @@ class FoldConsumer:
         # Held while a batch is prepared and handed over, and by a revocation, an
         # assignment and a rebuild's swap: none of them happens in the middle of another.
         self.batch_lock = asyncio.Lock()
+
+    def lag(self) -> Iterator[tuple[str, str, int]]:
+        """(group, topic, records not folded yet) per owned partition, for the
+        `kafka_consumer_lag_records` gauge (turnout_events.lag): measured from the
+        positions the fold has reached, not from Kafka's committed offsets (never
+        used)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            position = self.folder.positions.get((tp.topic, tp.partition))
+            if end is not None and position is not None:
+                yield self.group, tp.topic, max(0, end - position)
 
     @property
     def folded(self) -> int:
