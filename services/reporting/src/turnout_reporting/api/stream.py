@@ -141,7 +141,9 @@ async def stream_turnout(
     Reconnect with `Last-Event-ID` (browsers do it by themselves) to get exactly what
     you missed; if that is older than the server keeps, you get a fresh `snapshot`."""
     caller, expires_at = await stream_caller(request, access_token)
-    info = await queries.ballot_info(ctx, ballot_id)  # 404 before the stream starts
+    # Out of scope or unknown: the same 404, before the stream starts (and once: not
+    # per event, nor per snapshot). A resumption (Last-Event-ID) is checked the same.
+    info = await queries.ballot_info(ctx, caller, ballot_id)
     header_id = _event_id(last_event_id)
     resume = header_id if header_id is not None else resume_from
     events = turnout_events(ctx, change_hub(request), caller, info, last_event_id=resume,

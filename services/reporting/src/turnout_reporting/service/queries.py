@@ -9,6 +9,11 @@ A scoped caller asking for a level above their scope (a rep asking for groups, a
 but national/admin/service for the national row) gets no rows rather than an error:
 the figure would include members outside their scope. A unit out of scope looks exactly
 like a unit with no members (the timeline answers 404 for both).
+
+A ballot is in scope by one rule, `ballots_in_scope`, asked both by the ballot list and
+by every per-ballot read (turnout, CSV, timeline, stream): a ballot is listed exactly
+when it can be read. Out of scope answers the same 404 as an unknown ballot id, with the
+same detail and no name, so ballot ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout_kit.auth import Caller, Role
 from turnout_kit.problems import Problem
@@ -98,24 +104,73 @@ class BallotInfo:
     closes_at: datetime | None
     closed_at: datetime | None
 
-
-async def ballot_info(ctx: ReportingContext, ballot_id: uuid.UUID) -> BallotInfo:
-    """The ballot as its events told us; 404 when no event has named it yet.
-
-    Until ballot-opened arrives (it may come after the ballot's enrolments) the name and
-    threshold are unknown: the threshold stays null rather than an assumed 0.5, and so
-    do the votes needed."""
-    async with ctx.session() as session:
-        row = (await session.execute(
-            sa.select(ballots).where(ballots.c.ballot_id == ballot_id))).first()
+    @classmethod
+    def of(cls, ballot_id: uuid.UUID, row: Any | None) -> BallotInfo:
+        """From a `ballots` row (or a row with its columns), or all unknown without one:
+        until ballot-opened arrives (it may come after the ballot's enrolments) the name
+        and threshold are unknown, and the threshold stays null rather than an assumed
+        0.5, and so do the votes needed."""
         if row is None:
-            seen = await session.scalar(
-                sa.select(sa.literal(1)).where(turnout.c.ballot_id == ballot_id).limit(1))
-            if not seen:
-                raise Problem(404, detail=f"No ballot {ballot_id} in the projections.")
-            return BallotInfo(ballot_id, None, None, None, None, None)
-    return BallotInfo(ballot_id, row.name, row.turnout_threshold, row.opens_at,
-                      row.closes_at, row.closed_at)
+            return cls(ballot_id, None, None, None, None, None)
+        return cls(ballot_id, row.name, row.turnout_threshold, row.opens_at, row.closes_at,
+                   row.closed_at)
+
+
+def ballots_in_scope(caller: Caller, ballot_id: uuid.UUID | None = None) -> sa.Select[Any]:
+    """The ballots this caller may see, one row each: the ballot as its events told us
+    (`ballots` columns, null until ballot-opened), and `eligible` and `voted` summed over
+    the units of the caller's widest level in their scope.
+
+    The one rule of scope for a ballot, for the list and for every per-ballot read:
+    - national, admin, service: every ballot an event has named: one with members
+      enrolled, and one whose ballot-opened arrived with no enrolment yet;
+    - organiser, rep: a ballot with eligible members in at least one of their groups
+      (organiser) or branches (rep). A ballot-opened with no enrolment of theirs is not
+      theirs: nothing says yet that it concerns them.
+    `ballot_id` narrows the same query to that one ballot, read by key."""
+    level = default_level(caller)
+    in_scope_units = (sa.select(turnout.c.ballot_id,
+                                sa.func.sum(turnout.c.eligible).label("eligible"),
+                                sa.func.sum(turnout.c.voted).label("voted"))
+                      .where(turnout.c.level == level, turnout.c.eligible > 0,
+                             scope_filter(caller, turnout, level)))
+    named: sa.Table | sa.Subquery = ballots
+    if ballot_id is not None:
+        in_scope_units = in_scope_units.where(turnout.c.ballot_id == ballot_id)
+        named = sa.select(ballots).where(ballots.c.ballot_id == ballot_id).subquery("named")
+    totals = in_scope_units.group_by(turnout.c.ballot_id).subquery("totals")
+    joined = (totals.join(named, named.c.ballot_id == totals.c.ballot_id, full=True)
+              if caller.unscoped
+              else totals.outerjoin(named, named.c.ballot_id == totals.c.ballot_id))
+    return (sa.select(sa.func.coalesce(totals.c.ballot_id, named.c.ballot_id).label("ballot_id"),
+                      named.c.name, named.c.kind, named.c.turnout_threshold,
+                      named.c.opens_at, named.c.closes_at, named.c.closed_at,
+                      sa.func.coalesce(totals.c.eligible, 0).label("eligible"),
+                      sa.func.coalesce(totals.c.voted, 0).label("voted"))
+            .select_from(joined))
+
+
+def ballot_not_found(ballot_id: uuid.UUID) -> Problem:
+    """The one answer for a ballot id that is unknown and for one out of the caller's
+    scope: the same status and words, nothing that tells the two apart."""
+    return Problem(404, detail=f"No ballot {ballot_id} in your scope (or none of its "
+                               f"events has been folded yet).")
+
+
+async def _ballot_in_scope(session: AsyncSession, caller: Caller,
+                           ballot_id: uuid.UUID) -> BallotInfo:
+    row = (await session.execute(ballots_in_scope(caller, ballot_id))).first()
+    if row is None:
+        raise ballot_not_found(ballot_id)
+    return BallotInfo.of(ballot_id, row)
+
+
+async def ballot_info(ctx: ReportingContext, caller: Caller,
+                      ballot_id: uuid.UUID) -> BallotInfo:
+    """The ballot as its events told us, if it is in the caller's scope; otherwise, and
+    when no event has named it yet, 404 (`ballot_not_found`)."""
+    async with ctx.session() as session:
+        return await _ballot_in_scope(session, caller, ballot_id)
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,18 +189,19 @@ def votes_needed(threshold: float | None, eligible: int, voted: int) -> int | No
 async def turnout_rows(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, *,
                        level: str, within: str | None) -> tuple[BallotInfo, list[dict[str, Any]]]:
     check_level(level)
-    info = await ballot_info(ctx, ballot_id)
     query = sa.select(turnout).where(turnout.c.ballot_id == ballot_id,
                                      turnout.c.level == level, turnout.c.eligible > 0,
                                      scope_filter(caller, turnout, level))
-    if within is not None:
-        if level in ("national", "group"):
-            raise Problem(422, detail="within applies to the branch and workplace levels "
-                                      "(a group code, or for workplaces a branch code).",
-                          errors=[{"field": "within", "message": "not for this level"}])
-        query = query.where(sa.or_(turnout.c.group_code == within,
-                                   turnout.c.branch_code == within))
     async with ctx.session() as session:
+        info = await _ballot_in_scope(session, caller, ballot_id)
+        if within is not None:
+            if level in ("national", "group"):
+                raise Problem(422, detail="within applies to the branch and workplace "
+                                          "levels (a group code, or for workplaces a branch "
+                                          "code).",
+                              errors=[{"field": "within", "message": "not for this level"}])
+            query = query.where(sa.or_(turnout.c.group_code == within,
+                                       turnout.c.branch_code == within))
         found = (await session.execute(query)).all()
     rows = [turnout_row(info.threshold, r._mapping) for r in found]
     sort_rows(rows)
@@ -201,10 +257,6 @@ async def timeline(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, 
     London day it starts in, so a day is 23 or 25 hours long when the clocks change."""
     check_level(level)
     check_bucket(bucket)
-    info = await ballot_info(ctx, ballot_id)
-    if level != "national" and not unit:
-        raise Problem(422, detail=f"unit is required for level {level}: the unit's code.",
-                      errors=[{"field": "unit", "message": "required"}])
 
     def where(table: sa.Table) -> list[sa.ColumnElement[bool]]:
         clauses = [table.c.ballot_id == ballot_id, table.c.level == level,
@@ -214,6 +266,11 @@ async def timeline(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, 
         return clauses
 
     async with ctx.session() as session:
+        info = await _ballot_in_scope(session, caller, ballot_id)
+        if level != "national" and not unit:
+            raise Problem(422, detail=f"unit is required for level {level}: the unit's "
+                                      f"code.",
+                          errors=[{"field": "unit", "message": "required"}])
         eligible = await session.scalar(
             sa.select(sa.func.sum(turnout.c.eligible)).where(*where(turnout)))
         if not eligible:
@@ -259,30 +316,14 @@ async def timeline(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID, 
 
 
 async def list_ballots(ctx: ReportingContext, caller: Caller) -> list[dict[str, Any]]:
-    """The ballots with members in the caller's scope, open ones first, newest first,
-    with the eligible and voted of the caller's widest level (national for national
-    roles, the sum of their groups or branches for organisers and reps).
-
-    A ballot-opened seen with no enrolment yet is listed to unscoped callers only: a
-    scoped caller cannot know it concerns them until members of theirs are enrolled."""
+    """The ballots in the caller's scope (`ballots_in_scope`), open ones first, newest
+    first, with the eligible and voted of the caller's widest level (national for
+    national roles, the sum of their groups or branches for organisers and reps)."""
     level = default_level(caller)
-    totals = (sa.select(turnout.c.ballot_id,
-                        sa.func.sum(turnout.c.eligible).label("eligible"),
-                        sa.func.sum(turnout.c.voted).label("voted"))
-              .where(turnout.c.level == level, turnout.c.eligible > 0,
-                     scope_filter(caller, turnout, level))
-              .group_by(turnout.c.ballot_id).subquery())
-    ballot_id = sa.func.coalesce(totals.c.ballot_id, ballots.c.ballot_id)
-    joined = (totals.outerjoin(ballots, ballots.c.ballot_id == totals.c.ballot_id)
-              if not caller.unscoped
-              else totals.join(ballots, ballots.c.ballot_id == totals.c.ballot_id,
-                               full=True))
-    query = (sa.select(ballot_id.label("ballot_id"), ballots.c.name, ballots.c.kind,
-                       ballots.c.turnout_threshold, ballots.c.opens_at, ballots.c.closes_at,
-                       ballots.c.closed_at, totals.c.eligible, totals.c.voted)
-             .select_from(joined)
-             .order_by(ballots.c.closed_at.is_not(None), ballots.c.opens_at.desc().nulls_last(),
-                       ballot_id))
+    visible = ballots_in_scope(caller).subquery("visible")
+    query = (sa.select(visible)
+             .order_by(visible.c.closed_at.is_not(None),
+                       visible.c.opens_at.desc().nulls_last(), visible.c.ballot_id))
     async with ctx.session() as session:
         found = (await session.execute(query)).all()
     return [{
@@ -294,6 +335,6 @@ async def list_ballots(ctx: ReportingContext, caller: Caller) -> list[dict[str, 
         "closes_at": r.closes_at,
         "closed_at": r.closed_at,
         "level": level,
-        "eligible": int(r.eligible or 0),
-        "voted": int(r.voted or 0),
+        "eligible": int(r.eligible),
+        "voted": int(r.voted),
     } for r in found]

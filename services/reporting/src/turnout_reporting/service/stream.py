@@ -45,7 +45,7 @@ from sse_starlette import ServerSentEvent
 from turnout_kit.auth import Caller
 
 from ..context import ReportingContext
-from ..db.tables import turnout, turnout_changes
+from ..db.tables import ballots, turnout, turnout_changes
 from ..projections.changes import CHANNEL
 from . import queries
 
@@ -366,7 +366,11 @@ async def snapshot(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID
                    ) -> tuple[int, list[dict[str, Any]], queries.BallotInfo]:
     """Every row of every level in the caller's scope, and the feed's `seq` they are
     as of, read in one REPEATABLE READ transaction: the fold writes its rows and its
-    feed row together, so these rows are exactly the state after that `seq`."""
+    feed row together, so these rows are exactly the state after that `seq`.
+
+    The ballot's scope is not checked again: `turnout_events` is only ever started for
+    a ballot found in scope when the stream opened (once, not per snapshot). Should the
+    caller's members all move away later, the rows in scope simply become none."""
     engine = ctx.engine
     if engine is None:
         raise RuntimeError("the reporting service has not started")
@@ -379,7 +383,10 @@ async def snapshot(ctx: ReportingContext, caller: Caller, ballot_id: uuid.UUID
                 sa.select(turnout).where(turnout.c.ballot_id == ballot_id,
                                          turnout.c.eligible > 0,
                                          queries.any_level_in_scope(caller, turnout)))).all()
-    info = await queries.ballot_info(ctx, ballot_id)
+            # In the same transaction: the threshold the rows' votes needed are computed
+            # with is the one as of `seq`.
+            info = queries.BallotInfo.of(ballot_id, (await conn.execute(
+                sa.select(ballots).where(ballots.c.ballot_id == ballot_id))).first())
     rows = [queries.turnout_row(info.threshold, r._mapping) for r in found]
     queries.sort_rows(rows)
     return int(seq or 0), rows, info
@@ -409,7 +416,10 @@ async def turnout_events(ctx: ReportingContext, hub: ChangeHub, caller: Caller,
                          expires_at: float | None = None) -> AsyncIterator[ServerSentEvent]:
     """One client's events, until it disconnects (the response cancels this) or its
     token expires at `expires_at` (a Unix time): the browser then reconnects, is
-    refused, and asks its user to sign in again."""
+    refused, and asks its user to sign in again.
+
+    `info` is the ballot as `queries.ballot_info` found it for this caller: the scope
+    check, made once before the stream opens, covers the snapshot and a resumption."""
     ballot_id = info.ballot_id
     ballot = info  # as the client's rows show it
     first = True
