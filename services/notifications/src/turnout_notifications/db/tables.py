@@ -2,9 +2,9 @@
 member's vote status, contact flags, opt-outs), its campaigns and their slots, and every
 message it decided to send. No phone number is stored here in clear: numbers are fetched
 from contacts at send time and dropped after the provider call (a keyed hash of each is
-kept, to recognise replies; a STOP's confirmation keeps its number sealed until sent).
-The sandbox provider keeps what it "sent" (a masked number and the text) in its own
-table."""
+kept, to recognise replies; a STOP's confirmation keeps its number sealed until sent;
+both go, with the texts of replies, when contacts erases the member). The sandbox
+provider keeps what it "sent" (a masked number and the text) in its own table."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ opt_outs = sa.Table(
     sa.Column("member_id", UUID(as_uuid=True), primary_key=True),
     sa.Column("channel", sa.Text, primary_key=True),
     sa.Column("received_at", TZ, nullable=False),
+)
+
+# Members whose personal data contacts erased, for good (as contacts' own erased_at is):
+# what stops a text or a reply in flight at the moment of erasure from tying their
+# number back to them (service/erasure.py). No personal data: an id and a time.
+erasures = sa.Table(
+    "erasures", metadata,
+    sa.Column("member_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("erased_at", TZ, nullable=False),  # the erasure event's occurred_at
+    sa.Column("applied_at", TZ, nullable=False, server_default=sa.func.now()),
 )
 
 # -- campaigns ---------------------------------------------------------------------------
@@ -196,7 +206,8 @@ webhook_calls = sa.Table(
 
 # One row per reply from a member we could identify, with its classified intent. Only an
 # unclassified reply keeps its text, sealed (AES-GCM, a key from settings), for a rep to
-# read; a classified one needs no text.
+# read; a classified one needs no text. The member's erasure removes the text and the
+# provider's id; the intent and the time stay.
 replies = sa.Table(
     "replies", metadata,
     sa.Column("reply_id", UUID(as_uuid=True), primary_key=True),
@@ -208,6 +219,7 @@ replies = sa.Table(
     sa.Column("text_sealed", BYTEA),
     sa.Column("received_at", TZ, nullable=False),
     sa.Index("replies_ballot", "ballot_id", "received_at"),
+    sa.Index("replies_member", "member_id"),  # a member's replies, for their erasure
 )
 
 # The one text confirming a STOP. The number it goes to (the one the STOP came from) is

@@ -52,6 +52,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects.postgresql import BYTEA
 
 from turnout_events.common import MessageChannel
 from turnout_events.notifications import MessageFailed, ReminderSent
@@ -70,6 +71,7 @@ from ..providers.base import (
 from . import audience
 from .audience import UNKNOWN_OUTCOME, Queued
 from .channels import ContactChannels, ContactsUnavailable, SmsChannel
+from .erasure import is_erased, lock_member
 
 log = structlog.get_logger("turnout.notifications.dispatcher")
 
@@ -462,12 +464,17 @@ class Dispatcher:
             except PermanentProviderError as exc:
                 await self._failed(message, exc.code, now, permanent=True)
                 return False
+        number = sa.literal(self.ctx.recipient_hash(channel.mobile), BYTEA)
         async with self.ctx.uow() as uow:
+            # Under the member's lock, as their erasure takes it: a member erased while
+            # this text was on its way keeps no hash of the number (service/erasure.py).
+            await uow.session.execute(lock_member(message.member_id))
             await uow.session.execute(sa.update(messages).where(
                 messages.c.message_id == message.message_id).values(
                 status="sent", provider_message_id=accepted.provider_message_id,
                 # How a reply from this number finds the member (service/inbound.py).
-                recipient_hash=self.ctx.recipient_hash(channel.mobile),
+                recipient_hash=sa.case((is_erased(message.member_id), sa.null()),
+                                       else_=number),
                 error_code=None, next_attempt_at=None, updated_at=sa.func.now()))
             uow.emit(ReminderSent(member_id=message.member_id, message_id=message.message_id,
                                   campaign_id=campaign.campaign_id, ballot_id=message.ballot_id,
@@ -481,8 +488,7 @@ class Dispatcher:
         async with self.ctx.uow() as uow:
             session = uow.session
             # One claim per member at a time, so the cap sees every other claim.
-            await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
-                sa.func.hashtext(str(message.member_id)))))
+            await session.execute(lock_member(message.member_id))
             claimed = await audience.claim(session, message.message_id,
                                            cap=campaign.max_per_day, now=now,
                                            provider=self.provider.name)

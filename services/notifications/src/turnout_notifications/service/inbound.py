@@ -47,6 +47,7 @@ from ..db.tables import confirmations, messages, opt_outs, replies, roll, webhoo
 from ..domain.replies import classify
 from ..providers.base import PermanentProviderError, TransientProviderError
 from .dispatcher import error_code
+from .erasure import is_erased, lock_member
 
 log = structlog.get_logger("turnout.notifications.inbound")
 
@@ -119,10 +120,16 @@ async def receive_reply(ctx: NotificationsContext, *, sender_hash: bytes | None,
             log.info("inbound.unknown_sender", intent=intent.value)
             return ReplyOutcome(intent, None)
         member_id = latest.member_id
-        # One member's STOPs, replies and reminder claims one at a time: two STOPs at
-        # once still confirm once, and a claim sees an opt-out committed before it.
-        await session.execute(sa.select(sa.func.pg_advisory_xact_lock(
-            sa.func.hashtext(str(member_id)))))
+        # One member's STOPs, replies, reminder claims and erasure one at a time: two
+        # STOPs at once still confirm once, a claim sees an opt-out committed before it,
+        # and a reply is either erased with the rest or sees the erasure.
+        await session.execute(lock_member(member_id))
+        if await session.scalar(sa.select(is_erased(member_id))):
+            # Their number's hash was on its way out with a text sent as they were
+            # erased: the number is nobody's now.
+            await uow.commit()
+            log.info("inbound.unknown_sender", intent=intent.value)
+            return ReplyOutcome(intent, None)
         reply_id = uuid.uuid4()
         sealed = (ctx.sealer.seal(reply_id, text)
                   if intent is ReplyIntent.UNCLASSIFIED and text.strip() and ctx.sealer
@@ -209,7 +216,8 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
     async with ctx.sessions() as session, session.begin():
         # Claimed (queued -> sending) and committed before the provider is called.
         claimed = (await session.execute(
-            sa.update(confirmations).where(where, confirmations.c.status == "queued")
+            sa.update(confirmations).where(where, confirmations.c.status == "queued",
+                                           confirmations.c.to_sealed.is_not(None))
             .values(status="sending", attempts=confirmations.c.attempts + 1,
                     provider=ctx.provider.name, updated_at=sa.func.now())
             .returning(confirmations.c.idempotency_key, confirmations.c.to_sealed,
@@ -218,6 +226,7 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
         return 0
     to = ctx.sealer.open(confirmation_id, claimed.to_sealed)
     values: dict[str, Any]
+    took = False
     try:
         accepted = await ctx.provider.send(idempotency_key=claimed.idempotency_key, to=to,
                                            body=STOP_CONFIRMATION)
@@ -226,7 +235,11 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
             values = {"status": "failed", "error_code": error_code(exc.code),
                       "to_sealed": None}
         else:
-            values = {"status": "queued", "error_code": error_code(exc.code),
+            # Back in the queue, unless the member was erased during the call (their
+            # number is gone): then there is nobody left to confirm to.
+            values = {"status": sa.case((confirmations.c.to_sealed.is_(None), "cancelled"),
+                                        else_="queued"),
+                      "error_code": error_code(exc.code),
                       "next_attempt_at": now + CONFIRMATION_BACKOFF * 2 ** (
                           claimed.attempts - 1)}
         log.warning("inbound.confirmation_transient_error",
@@ -237,12 +250,13 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
                     code=error_code(exc.code))
     else:
         # The number is dropped the moment the provider has the message.
+        took = True
         values = {"status": "sent", "provider_message_id": accepted.provider_message_id,
                   "to_sealed": None, "error_code": None, "next_attempt_at": None}
     async with ctx.sessions() as session, session.begin():
         await session.execute(sa.update(confirmations).where(where)
                               .values(**values, updated_at=sa.func.now()))
-    return 1 if values["status"] == "sent" else 0
+    return 1 if took else 0
 
 
 # -- delivery receipts --------------------------------------------------------------------

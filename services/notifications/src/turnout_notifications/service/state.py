@@ -13,7 +13,10 @@ that choosing the audience of a million-member ballot calls nobody:
   without flags, like member-moved, are not ours);
 - opt-outs (our own opt-out-received, read back from the topic, so the state rebuilds
   from the log): kept until the member themselves gives SMS consent again later
-  (consent-changed granted via member_request).
+  (consent-changed granted via member_request);
+- erasures (contact-updated with reason erasure, or consent-changed via erasure): the
+  member's personal data here goes (service/erasure.py); their flags, all false, are
+  applied like any other.
 
 Everything is applied in one transaction per batch, with the inbox, so a redelivered
 event changes nothing; within a batch each key collapses to the one row that wins, so each
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects.postgresql import insert
 
 from turnout_events.ballots import BallotClosed, BallotOpened, MemberEnrolled, Voted, VoteRetracted
@@ -34,6 +38,7 @@ from turnout_events.common import MessageChannel
 from turnout_events.contacts import (
     ConsentChanged,
     ConsentSource,
+    ContactChangeReason,
     ContactUpdated,
     MemberRegistered,
 )
@@ -43,6 +48,9 @@ from turnout_events.notifications import OptOutReceived
 
 from ..context import NotificationsContext
 from ..db.tables import ballots, member_contact, opt_outs, roll
+from .erasure import forget_members
+
+log = structlog.get_logger("turnout.notifications.state")
 
 CONSUMER = "notifications.state"
 
@@ -68,6 +76,7 @@ async def apply_events(ctx: NotificationsContext,
         flags: dict[uuid.UUID, dict] = {}
         opted: dict[tuple[uuid.UUID, str], datetime] = {}
         regranted: dict[uuid.UUID, datetime] = {}
+        erased: dict[uuid.UUID, datetime] = {}
         for envelope, event in items:
             if envelope.id not in new:
                 continue
@@ -100,9 +109,15 @@ async def apply_events(ctx: NotificationsContext,
                         key = event.member_id
                         regranted[key] = max(regranted.get(key, envelope.occurred_at),
                                              envelope.occurred_at)
+                    if _erasure(event):
+                        erased[event.member_id] = min(
+                            erased.get(event.member_id, envelope.occurred_at),
+                            envelope.occurred_at)
                 case OptOutReceived():
                     key2 = (event.member_id, event.channel.value)
                     opted[key2] = max(opted.get(key2, event.received_at), event.received_at)
+        # First: it takes the members' locks, which a reply takes before its opt-out.
+        forgotten = await forget_members(session, erased)
         if opened:
             await session.execute(_upsert_ballots(list(opened.values())))
         for ballot_id, closed_at in closed.items():
@@ -123,7 +138,18 @@ async def apply_events(ctx: NotificationsContext,
                 opt_outs.c.channel == MessageChannel.SMS.value,
                 opt_outs.c.received_at < at))
         await uow.commit()
+    if any(vars(forgotten).values()):
+        log.info("erasure.applied", member_ids=[str(m) for m in sorted(erased)],
+                 newly_erased=forgotten.members, replies=forgotten.replies,
+                 number_hashes=forgotten.number_hashes,
+                 confirmations=forgotten.confirmations,
+                 sandbox_messages=forgotten.sandbox_messages)
     return len(new)
+
+
+def _erasure(event: EventData) -> bool:
+    return ((isinstance(event, ContactUpdated) and event.reason is ContactChangeReason.ERASURE)
+            or (isinstance(event, ConsentChanged) and event.via is ConsentSource.ERASURE))
 
 
 def _keep_winning_mark(marks: dict[Key, dict], envelope: Envelope,
