@@ -275,6 +275,20 @@ async def test_replies_are_published_by_intent_and_unclassified_ones_kept_for_re
     national = await twilio_app.get(path + "&intent=unclassified",
                                     headers=tokens("national"))
     assert [i["text"] for i in national.json()["items"]] == [question]
+    # A page at a time: the same replies in the same order, each once.
+    everything = (await twilio_app.get(path, headers=tokens("national"))).json()
+    assert everything["next_cursor"] is None and len(everything["items"]) == 3
+    paged, cursor = [], None
+    while True:
+        page = (await twilio_app.get(path + "&limit=1" + (f"&cursor={cursor}" if cursor else ""),
+                                     headers=tokens("national"))).json()
+        paged += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [i["reply_id"] for i in paged] == [i["reply_id"] for i in everything["items"]]
+    bad = await twilio_app.get(path + "&cursor=not-ours", headers=tokens("national"))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor"
     elsewhere = await twilio_app.get(path, headers=tokens("organiser", groups=["G9"]))
     assert elsewhere.json()["items"] == []
     assert (await twilio_app.get(path, headers=tokens("service"))).status_code == 403

@@ -38,12 +38,15 @@ class ReplyOut(BaseModel):
 
 class RepliesPage(BaseModel):
     items: list[ReplyOut]
+    next_cursor: str | None = Field(description=(
+        "Pass as `cursor` for the next page; null on the last."))
 
 
 @router.get("/replies", response_model=RepliesPage)
 async def list_replies(ctx: Ctx, caller: Reader, ballot_id: uuid.UUID,
                        intent: ReplyIntent | None = None,
-                       limit: Annotated[int, Query(ge=1, le=500)] = 100) -> Any:
-    """A ballot's replies in your scope, newest first."""
-    return {"items": await inbound.list_replies(ctx, caller, ballot_id, intent=intent,
-                                                limit=limit)}
+                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                       cursor: Annotated[str | None, Query(max_length=200)] = None) -> Any:
+    """A ballot's replies in your scope, newest first, a page at a time."""
+    return await inbound.list_replies(ctx, caller, ballot_id, intent=intent, limit=limit,
+                                      cursor=cursor)

@@ -14,8 +14,6 @@ member's branch, so a rep's counts are those of their branches.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from ..db.tables import (
 )
 from ..domain.schedule import BadSlot, resolve_slot
 from ..domain.template import placeholder_errors, used_placeholders
+from . import paging
 from .scope import check_can_create, counted_branches, not_found, visible
 
 SKIP_REASONS = ("voted", "no_consent", "no_mobile", "capped", "opted_out")
@@ -247,7 +246,7 @@ async def list_campaigns(ctx: NotificationsContext, caller: Caller, *,
     if status is not None:
         query = query.where(campaigns.c.status == status)
     if cursor:
-        created_at, after = decode_cursor(cursor)
+        created_at, after = paging.decode_cursor(cursor)
         query = query.where(sa.tuple_(campaigns.c.created_at, campaigns.c.campaign_id)
                             < sa.tuple_(sa.literal(created_at), sa.literal(after)))
     assert ctx.sessions is not None
@@ -268,22 +267,7 @@ async def list_campaigns(ctx: NotificationsContext, caller: Caller, *,
 
 
 def encode_cursor(row: sa.Row) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.campaign_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, campaign_id = raw.split("|")
-        when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None:
-            raise ValueError
-        return when, uuid.UUID(campaign_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Problem(422, detail="The cursor is not one this service handed out.",
-                      errors=[{"field": "cursor", "message": "use next_cursor as given"}]
-                      ) from None
+    return paging.encode_cursor(row.created_at, row.campaign_id)
 
 
 def _campaign_fields(row: sa.Row) -> dict[str, Any]:

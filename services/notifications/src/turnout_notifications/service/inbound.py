@@ -46,6 +46,7 @@ from ..context import NotificationsContext
 from ..db.tables import confirmations, messages, opt_outs, replies, roll, webhook_calls
 from ..domain.replies import classify
 from ..providers.base import PermanentProviderError, TransientProviderError
+from . import paging
 from .dispatcher import error_code
 from .erasure import is_erased, lock_member
 
@@ -337,24 +338,36 @@ async def _confirmation_receipt(session: Any, provider_message_id: str, settles:
 # -- replies for reps -----------------------------------------------------------------------
 
 async def list_replies(ctx: NotificationsContext, caller: Caller, ballot_id: uuid.UUID, *,
-                       intent: ReplyIntent | None = None, limit: int = 100) -> list[dict]:
-    """A ballot's replies, newest first, limited to the members the caller may see (by
-    their placement on the ballot's roll: a rep's branches, an organiser's groups). The
-    text is there only for unclassified replies, the ones a person has to read."""
+                       intent: ReplyIntent | None = None, limit: int = 100,
+                       cursor: str | None = None) -> dict[str, Any]:
+    """A ballot's replies, newest first, a page at a time, limited to the members the
+    caller may see (by their placement on the ballot's roll: a rep's branches, an
+    organiser's groups). The text is there only for unclassified replies, the ones a
+    person has to read."""
     assert ctx.sessions is not None and ctx.sealer is not None
     query = (sa.select(replies, roll.c.group_code, roll.c.branch_code)
              .join(roll, sa.and_(roll.c.ballot_id == replies.c.ballot_id,
                                  roll.c.member_id == replies.c.member_id))
              .where(replies.c.ballot_id == ballot_id, caller.scope_clause(roll))
-             .order_by(replies.c.received_at.desc(), replies.c.reply_id)
-             .limit(limit))
+             .order_by(replies.c.received_at.desc(), replies.c.reply_id.desc())
+             .limit(limit + 1))
     if intent is not None:
         query = query.where(replies.c.intent == intent.value)
+    if cursor:
+        received_at, after = paging.decode_cursor(cursor)
+        query = query.where(sa.tuple_(replies.c.received_at, replies.c.reply_id)
+                            < sa.tuple_(sa.literal(received_at), sa.literal(after)))
     async with ctx.sessions() as session:
         rows = (await session.execute(query)).all()
-    return [{"reply_id": r.reply_id, "member_id": r.member_id, "ballot_id": r.ballot_id,
-             "in_reply_to": r.in_reply_to, "intent": r.intent,
-             "text": (ctx.sealer.open(r.reply_id, r.text_sealed)
-                      if r.text_sealed is not None else None),
-             "group_code": r.group_code, "branch_code": r.branch_code,
-             "received_at": r.received_at} for r in rows]
+    page = rows[:limit]
+    return {
+        "items": [{"reply_id": r.reply_id, "member_id": r.member_id,
+                   "ballot_id": r.ballot_id, "in_reply_to": r.in_reply_to,
+                   "intent": r.intent,
+                   "text": (ctx.sealer.open(r.reply_id, r.text_sealed)
+                            if r.text_sealed is not None else None),
+                   "group_code": r.group_code, "branch_code": r.branch_code,
+                   "received_at": r.received_at} for r in page],
+        "next_cursor": (paging.encode_cursor(page[-1].received_at, page[-1].reply_id)
+                        if len(rows) > limit else None),
+    }
