@@ -25,6 +25,7 @@ test-unit:
 
 lint:
 	@uv run ruff check .
+	@uv run mypy
 
 schemas:
 	@uv run python -m turnout_events.schemas write

@@ -22,7 +22,7 @@ async def test_the_lag_is_what_the_group_has_not_consumed_yet(topics, kafka_boot
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        for i in range(10):
+        for _ in range(10):
             await producer.send_and_wait(topic, b"{}", partition=0)
     finally:
         await producer.stop()

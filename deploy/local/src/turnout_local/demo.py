@@ -456,11 +456,11 @@ def stop_simulator() -> None:
     services.stop_process(SIMULATOR, timeout=15)
 
 
-def simulator_status() -> dict[str, object]:
+def simulator_status() -> dict[str, Any]:
     state = DemoState.read()
-    info: dict[str, object] = {"mode": "process", "running": services.running(SIMULATOR),
-                               "url": f"{service_url('reporting')}/",  # where it shows
-                               "log": str(services.log_file(SIMULATOR))}
+    info: dict[str, Any] = {"mode": "process", "running": services.running(SIMULATOR),
+                            "url": f"{service_url('reporting')}/",  # where it shows
+                            "log": str(services.log_file(SIMULATOR))}
     if state is not None and state.ballot_id:
         info["ballot_id"] = state.ballot_id
     if (progress := last_progress()) is not None:
@@ -617,6 +617,7 @@ class Simulator:
                 rows = response.json().get("items") if response.status_code == 200 else None
                 if not rows:
                     raise LookupError("the reporting service has no rows for the ballot yet")
+        assert rows  # the retries end only once reporting has answered rows
         branches: dict[str, tuple[str, int]] = {}
         for row in rows:
             branch = row["parent"]

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import Token
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 import structlog
 from structlog.types import EventDict, Processor
@@ -207,7 +207,8 @@ class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's line writer, with the `name` that `add_logger_name` reads."""
 
     def __init__(self, file: IO[str], name: str) -> None:
-        super().__init__(file)
+        # Typed as TextIO in structlog, but it only writes and flushes: any IO[str] does.
+        super().__init__(cast(TextIO, file))
         self.name = name
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -52,7 +52,10 @@ def check_publishable(*, name: str, kind: BallotKind, opens_at: datetime, closes
         opened = BallotOpened(
             ballot_id=uuid.uuid4(), ballot_name=name, kind=kind, opens_at=opens_at,
             closes_at=closes_at, turnout_threshold=turnout_threshold,
-            scope={"group_codes": group_codes, "branch_codes": branch_codes},
+            # A dict on purpose: validated as part of BallotOpened, a bad code's error is
+            # located under "scope" (a BallotScope built apart would lose the prefix).
+            scope=cast(BallotScope, {"group_codes": group_codes,
+                                     "branch_codes": branch_codes}),
             eligible_count=0)
     except ValidationError as exc:
         # The contract's messages describe the rule, not the input (hide_input_in_errors),

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
 
 from turnout_events.ballots import BallotClosed, BallotKind, BallotOpened
 from turnout_kit.auth import Caller
@@ -83,7 +85,8 @@ async def open_ballot(ctx: BallotsContext, caller: Caller, ballot_id: uuid.UUID)
                           member_replica.c.branch_code, member_replica.c.workplace_code,
                           member_replica.c.grade)
                 .where(in_ballot_scope(ballot.scope))))
-            eligible = snapshot.rowcount
+            # An INSERT's result is a CursorResult (execute is typed as any Result).
+            eligible = cast("CursorResult[Any]", snapshot).rowcount
             if not eligible:
                 raise Problem(409, detail=(
                     "No member known to this service is in the ballot's scope, so the roll "

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import sqlalchemy as sa
@@ -275,7 +275,9 @@ async def record_mark(uow: UnitOfWork, caller: Caller | None, ballot_id: uuid.UU
     # The SQL is written for asyncpg; on the unit of work's own connection it is part of
     # the unit of work's transaction.
     connection = await uow.session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
+    # driver_connection is typed Any | None; on a live connection it is asyncpg's.
+    driver = cast(asyncpg.Connection,
+                  (await connection.get_raw_connection()).driver_connection)
     [outcome] = await write_marks(driver, [request])
     if outcome is None:  # another transaction marked the member since we looked
         existing = await driver.fetchrow(EXISTING_SQL, ballot_id, member_id)

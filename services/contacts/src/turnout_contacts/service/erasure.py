@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any, cast
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import CursorResult
 
 from turnout_events.common import MessageChannel
 from turnout_events.contacts import (
@@ -77,7 +79,8 @@ async def erase_personal_data(ctx: ContactsContext, caller: Caller,
             removed.append("name_tokens")
         if row.personal_digest is not None:
             removed.append("personal_digest")
-        notes = (await session.execute(
+        # An UPDATE's result is a CursorResult (execute is typed as any Result).
+        notes = cast("CursorResult[Any]", await session.execute(
             sa.update(conversations)
             .where(conversations.c.member_id == member_id, conversations.c.note.is_not(None))
             .values(note=None))).rowcount

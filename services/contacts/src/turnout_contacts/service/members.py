@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -58,12 +59,13 @@ async def update_contact(ctx: ContactsContext, caller: Caller, member_id: uuid.U
     values: dict[str, object] = {}
     if change.mobile is not UNSET:
         try:
-            values["mobile"] = normalise_mobile(change.mobile) if change.mobile else None
+            # When set, mobile and email hold the API's str or None (typed object for UNSET).
+            values["mobile"] = normalise_mobile(cast(str, change.mobile)) if change.mobile else None
         except InvalidValue as exc:
             raise _invalid("mobile", exc) from None
     if change.email is not UNSET:
         try:
-            values["email"] = normalise_email(change.email) if change.email else None
+            values["email"] = normalise_email(cast(str, change.email)) if change.email else None
         except InvalidValue as exc:
             raise _invalid("personal_email", exc) from None
 

@@ -56,8 +56,10 @@ async def apply_ballot_events(ctx: ContactsContext,
             if isinstance(event, MemberEnrolled):
                 enrol[key] = {"ballot_id": key[0], "member_id": key[1], "enrolled": True}
                 continue
-            voted = isinstance(event, Voted)
-            at = max(envelope.occurred_at, event.voted_at) if voted else envelope.occurred_at
+            if isinstance(event, Voted):
+                voted, at = True, max(envelope.occurred_at, event.voted_at)
+            else:
+                voted, at = False, envelope.occurred_at
             held = marks.get(key)
             if held is None or (at, not voted) > (held["voted_changed_at"], not held["voted"]):
                 marks[key] = {"ballot_id": key[0], "member_id": key[1], "enrolled": False,

@@ -258,6 +258,7 @@ class Dispatcher:
                                       channel=MessageChannel.SMS),
                          occurred_at=row.attempted_at)
             elif to == "failed":
+                assert error is not None  # a failure is always settled with its code
                 uow.emit(MessageFailed(member_id=row.member_id, message_id=row.message_id,
                                        channel=MessageChannel.SMS, error_code=error,
                                        permanent=False, failed_at=now), occurred_at=now)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -85,21 +85,23 @@ class _Part(Struct, frozen=True, gc=False):
     pass
 
 
-class Placement(_Part):
+# The parts repeat frozen=True, gc=False: msgspec inherits them from _Part, but a type
+# checker takes a subclass that does not say frozen=True for a mutable one.
+class Placement(_Part, frozen=True, gc=False):
     group_code: Code
     branch_code: Code
     workplace_code: Code | None = None
     grade: Code | None = None
 
 
-class ContactFlags(_Part):
+class ContactFlags(_Part, frozen=True, gc=False):
     has_mobile: bool
     has_email: bool
     sms_consent: bool
     email_consent: bool
 
 
-class BallotScope(_Part):
+class BallotScope(_Part, frozen=True, gc=False):
     # Rare (one per ballot): checked here rather than through the caches below.
     group_codes: Annotated[list[str], Meta(max_length=1000)] = []
     branch_codes: Annotated[list[str], Meta(max_length=10000)] = []
@@ -296,9 +298,10 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
 
 
 def _envelope_type(data_type: type[Data]) -> type[Event]:
-    return msgspec.defstruct(
+    # defstruct is typed as making a plain Struct; with bases=(Event,) it makes an Event.
+    return cast("type[Event]", msgspec.defstruct(
         f"{data_type.__name__}Event", [("data", data_type)], bases=(Event,),
-        tag=data_type.contract.event_type, frozen=True, kw_only=True, gc=False)
+        tag=data_type.contract.event_type, frozen=True, kw_only=True, gc=False))
 
 
 ENVELOPES: dict[type[Data], type[Event]] = {t: _envelope_type(t) for t in DATA_TYPES}

@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
 
@@ -94,6 +94,9 @@ class MemberState(Struct, gc=False):
     branch_code: str | None = None
     workplace_code: str | None = None
 
+    if TYPE_CHECKING:  # msgspec copies Structs in C; its stubs do not declare __copy__
+        def __copy__(self) -> MemberState: ...
+
     def copy(self) -> MemberState:
         return self.__copy__()
 
@@ -118,6 +121,9 @@ class BallotMemberState(Struct, gc=False):
     # (whose every element asyncpg would check in Python).
     replacement_requests: str = NO_IDS
     reminders: str = NO_IDS
+
+    if TYPE_CHECKING:  # msgspec copies Structs in C; its stubs do not declare __copy__
+        def __copy__(self) -> BallotMemberState: ...
 
     def copy(self) -> BallotMemberState:
         return self.__copy__()
@@ -177,25 +183,25 @@ def fold(states: States, events: Iterable[Event]) -> FoldResult:
         if kind is MemberRegistered or kind is MemberMoved or kind is ContactUpdated \
                 or kind is ConsentChanged:
             member_id = data.member_id
-            state = members.get(member_id)
-            if state is None:
-                state = members[member_id] = _member_copy(states, member_id)
+            member = members.get(member_id)
+            if member is None:
+                member = members[member_id] = _member_copy(states, member_id)
             version = data.member_version
             # Placement and flags are versioned apart: each event carries one of them
             # (a registration both).
             if kind is not ContactUpdated and kind is not ConsentChanged \
-                    and version > state.placement_version:
+                    and version > member.placement_version:
                 placement = data.placement
-                state.placement_version = version
-                state.group_code = placement.group_code
-                state.branch_code = placement.branch_code
-                state.workplace_code = placement.workplace_code
-            if kind is not MemberMoved and version > state.contact_version:
+                member.placement_version = version
+                member.group_code = placement.group_code
+                member.branch_code = placement.branch_code
+                member.workplace_code = placement.workplace_code
+            if kind is not MemberMoved and version > member.contact_version:
                 contact = data.contact
-                state.contact_version = version
-                state.has_mobile = contact.has_mobile
-                state.has_email = contact.has_email
-                state.sms_consent = contact.sms_consent
+                member.contact_version = version
+                member.has_mobile = contact.has_mobile
+                member.has_email = contact.has_email
+                member.sms_consent = contact.sms_consent
             applied += 1
             continue
         if kind is BallotOpened:
@@ -312,6 +318,7 @@ def _result(states: States, members: dict[str, MemberState],
         base_member, base_ballots = known
         member_changed = member is not None and (base_member is None or member != base_member)
         if member_changed:
+            assert member is not None  # member_changed says so; mypy cannot see through it
             (new_members if base_member is None else changed_members).append(member)
         else:
             member = base_member
@@ -457,8 +464,8 @@ class _Sums:
             if moment is None:
                 moment = moments[hour] = datetime.fromtimestamp(hour * 3600, UTC)
             for unit in units_of(ballot_id, (group, branch, workplace)):
-                key = (unit, moment)
-                hourly[key] = hourly.get(key, 0) + votes
+                unit_hour = (unit, moment)
+                hourly[unit_hour] = hourly.get(unit_hour, 0) + votes
         result.hourly = {key: votes for key, votes in hourly.items() if votes}
 
 

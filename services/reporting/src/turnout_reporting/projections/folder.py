@@ -24,6 +24,7 @@ import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import asyncpg
 import structlog
@@ -213,7 +214,7 @@ class Folder:
         for number, ids in members.items():
             ids.discard(None)
             fresh = number in stored.fresh
-            found, unknown = self._recent.find(ids)
+            found, unknown = self._recent.find(cast("set[str]", ids))  # None discarded
             states.update(found)
             missing += unknown if not fresh else filter(stored.maybe, unknown)
             if fresh:
