@@ -70,6 +70,11 @@ PROGRESS_EVERY_S = 0.5
 # The swap's lock stops every fold's commits while the shadow folds its last records:
 # if the shadow cannot get there in this long (Kafka away), the rebuild gives up.
 CATCH_UP_TIMEOUT_S = 120.0
+# Taking the live tables for the swap (see Rebuild._lock_live_tables): each attempt waits
+# this long, under PostgreSQL's deadlock_timeout (1 s by default), and the attempts give
+# up after the second figure.
+SWAP_LOCK_WAIT_MS = 200
+SWAP_LOCK_TIMEOUT_S = 60.0
 
 
 class RebuildRunning(Exception):
@@ -290,8 +295,34 @@ class Rebuild:
         await folder.settle()  # the last shadow batch is committed
         await self._report(force=True)
 
+    async def _lock_live_tables(self, swap: asyncpg.Connection) -> None:
+        """Every live table, exclusively, all at once or none: reads of the numbers take
+        several of them (a ballot's row and its turnout rows), in whatever order their
+        plan names them; a swap that held one table while it waited for another could
+        wait on a read that waits on it — a deadlock, which PostgreSQL would end by
+        failing one side. So each attempt waits at most SWAP_LOCK_WAIT for the lot
+        (well under the server's deadlock check), and if it cannot have them all it
+        lets go of what it took (a savepoint) and tries again shortly."""
+        tables = ", ".join(f"{self.live}.{table}" for table in TABLES)
+        deadline = time.monotonic() + SWAP_LOCK_TIMEOUT_S
+        delay = 0.05
+        while True:
+            try:
+                async with swap.transaction():  # a savepoint: a failed try takes nothing
+                    await swap.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_WAIT_MS}ms'")
+                    await swap.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+                await swap.execute("SET LOCAL lock_timeout = 0")
+                return
+            except asyncpg.LockNotAvailableError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the live tables stayed busy; nothing was swapped"
+                                       ) from None
+                await asyncio.sleep(delay)  # backoff between attempts, not a race fix
+                delay = min(delay * 2, 1.0)
+
     async def _replace(self, swap: asyncpg.Connection) -> None:
         live = self.live
+        await self._lock_live_tables(swap)
         await swap.execute(f"CREATE SCHEMA {RETIRED}")
         for table in TABLES:
             await swap.execute(f"ALTER TABLE {live}.{table} SET SCHEMA {RETIRED}")
