@@ -15,11 +15,13 @@ was erased and leave their personal fields empty (the import's rule, not this mo
 The reveal audit log is kept as it is: it is the DPO's record of who saw the member's
 details and why, and it holds no contact values (reasons are cleaned when written).
 
-Events: one `contact-updated` (reason `erasure`, every flag false, `changed` naming what
-was removed or withdrawn) and one `consent-changed` (via `erasure`) per withdrawn consent.
-If there was nothing any flag reflects (no mobile, no email, no consent) no event is
-published: consumers hold no names, so there is nothing for them to forget. A second
-erasure finds nothing left and publishes nothing.
+Events: one `contact-updated` (reason `erasure`, every flag false, `changed` naming every
+attribute an erasure clears, whether or not the member had it) and one `consent-changed`
+(via `erasure`) per withdrawn consent. The first erasure always publishes, even for a
+member with no mobile, email or consent left: another service may still hold something of
+theirs from before (the notifications service keeps replies to texts sent to a number the
+member removed later) and must hear that it is to go. A second erasure finds nothing left
+and publishes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from ..db.tables import conversations, members
 from ..domain.member import Member
 
 log = structlog.get_logger("turnout.contacts.erasure")
+
+# What an erasure clears, as its contact-updated names it.
+ERASED = (ContactAttribute.MOBILE, ContactAttribute.EMAIL, ContactAttribute.SMS_CONSENT,
+          ContactAttribute.EMAIL_CONSENT)
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,11 @@ async def erase_personal_data(ctx: ContactsContext, caller: Caller,
             (ContactAttribute.SMS_CONSENT, member.sms_consent),
             (ContactAttribute.EMAIL_CONSENT, member.email_consent)) if present]
         after = member
-        if changed:
+        if changed or row.erased_at is None:
             after = after.bumped(has_mobile=False, has_email=False, sms_consent=False,
                                  email_consent=False)
             uow.emit(ContactUpdated(member_id=member_id, member_version=after.version,
-                                    contact=after.contact, changed=changed,
+                                    contact=after.contact, changed=list(ERASED),
                                     reason=ContactChangeReason.ERASURE))
             for channel, had in ((MessageChannel.SMS, member.sms_consent),
                                  (MessageChannel.EMAIL, member.email_consent)):
