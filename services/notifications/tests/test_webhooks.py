@@ -19,7 +19,11 @@ from turnout_notifications.db.tables import (
     replies,
     webhook_calls,
 )
-from turnout_notifications.service.inbound import STOP_CONFIRMATION, send_confirmations
+from turnout_notifications.service.inbound import (
+    STOP_CONFIRMATION,
+    purge_status_calls,
+    send_confirmations,
+)
 
 from services.notifications.tests.fake_twilio import (  # noqa: F401 - fixtures
     fake_twilio_fixture,
@@ -332,6 +336,32 @@ async def test_receipts_settle_each_message_once(
     failed = await events(twilio_app, kafka_bootstrap, topics, "notifications.message-failed")
     assert [(e.key, e.data["error_code"], e.data["permanent"]) for e in failed] == [
         (str(seeded.ids["bob"]), "30005", True)]
+
+
+async def test_old_receipt_calls_are_forgotten_and_replaying_one_changes_nothing(
+        twilio_app, fake_twilio, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    seeded, campaign = await texted(twilio_app, fake_twilio, kafka_bootstrap, topics,
+                                    fake_contacts, tokens)
+    ctx = ctx_of(twilio_app)
+    ann = {s.to: s.sid for s in fake_twilio.accepted}[seeded.mobiles["ann"]]
+    receipt = {"MessageSid": ann, "MessageStatus": "delivered"}
+    assert (await call(twilio_app, fake_twilio, STATUS, receipt)).status_code == 204
+    bobs_reply = reply(seeded, "bob", "Yes.")
+    assert (await call(twilio_app, fake_twilio, INBOUND, bobs_reply)).status_code == 200
+    assert await purge_status_calls(ctx) == 0  # nothing old enough yet
+
+    clock.advance(timedelta(days=ctx.settings.webhook_status_replay_days, seconds=1))
+    assert await purge_status_calls(ctx, batch=1) == 1
+    # The reply's call is kept: a replayed reply would be a second reply.
+    assert await count(twilio_app, webhook_calls) == 1
+    assert (await call(twilio_app, fake_twilio, INBOUND, bobs_reply)).status_code == 409
+    # The receipt's replay gets through the guard, and the message, settled once, stays.
+    assert (await call(twilio_app, fake_twilio, STATUS, receipt)).status_code == 204
+    got = await counts(twilio_app, tokens, campaign)
+    assert (got["sent"], got["delivered"]) == (2, 1)
+    delivered = await events(twilio_app, kafka_bootstrap, topics,
+                             "notifications.message-delivered")
+    assert [e.key for e in delivered] == [str(seeded.ids["ann"])]
 
 
 async def test_a_stop_during_an_outage_is_confirmed_once_the_provider_is_back(

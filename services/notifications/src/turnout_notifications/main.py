@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -26,7 +27,7 @@ from .providers.sandbox import SandboxProvider
 from .providers.twilio import TwilioProvider
 from .service.channels import ContactChannels
 from .service.dispatcher import Dispatcher
-from .service.inbound import send_confirmations
+from .service.inbound import purge_status_calls, send_confirmations
 from .settings import NotificationsSettings
 
 MIGRATIONS = Path(__file__).parent / "db" / "migrations"
@@ -41,15 +42,28 @@ def build_provider(ctx: NotificationsContext) -> SmsProvider:
     return SandboxProvider(ctx.sessions, ctx.clock)
 
 
+PURGE_EVERY = timedelta(hours=1)
+
+
 async def _confirmations_loop(ctx: NotificationsContext) -> None:
     # STOP confirmations go out as the STOP is handled; this only retries those a
-    # provider outage held back.
+    # provider outage held back. And once an hour, old receipts' replay-guard rows go.
+    purged_at: datetime | None = None
     while True:
         await asyncio.sleep(ctx.settings.dispatch_interval_seconds)
         try:
             await send_confirmations(ctx)
         except Exception:
             log.exception("confirmations.round_failed")
+        now = ctx.clock()
+        if purged_at is None or now - purged_at >= PURGE_EVERY:
+            purged_at = now
+            try:
+                purged = await purge_status_calls(ctx)
+                if purged:
+                    log.info("webhooks.status_calls_purged", rows=purged)
+            except Exception:
+                log.exception("webhooks.purge_failed")
 
 
 def create_notifications_app(settings: NotificationsSettings | None = None, *,

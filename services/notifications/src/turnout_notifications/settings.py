@@ -82,6 +82,9 @@ class NotificationsSettings(ServiceSettings):
     # turn it off and drive the dispatcher themselves with a clock of their own.
     dispatcher_enabled: bool = True
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
+    # How long a delivery receipt's call is remembered as seen (the replay guard): past
+    # that a replay is still harmless (a message settles once), so the rows go.
+    webhook_status_replay_days: int = Field(default=14, ge=1)
 
     @field_validator("reply_encryption_key")
     @classmethod

@@ -195,13 +195,17 @@ campaign_branches = sa.Table(
 # -- inbound: replies, opt-out confirmations, webhook replays ------------------------------
 
 # Every webhook call accepted (a hash of its signature and body): the same call again is
-# a replay, refused. Kept for good: a provider's signature carries no time, so an old
-# call is as replayable as a new one.
+# a replay, refused. A provider's signature carries no time, so an old call is as
+# replayable as a new one: inbound calls (replies) are kept for good. Status calls are
+# purged after `webhook_status_replay_days` (inbound.purge_status_calls): a receipt moves
+# a message out of `sent` once, so a replay of an old one changes nothing anyway, and
+# they are most of the rows (several per text sent).
 webhook_calls = sa.Table(
     "webhook_calls", metadata,
     sa.Column("digest", BYTEA, primary_key=True),
     sa.Column("endpoint", sa.Text, nullable=False),  # inbound | status
     sa.Column("received_at", TZ, nullable=False),
+    sa.Index("webhook_calls_endpoint_received", "endpoint", "received_at"),
 )
 
 # One row per reply from a member we could identify, with its classified intent. Only an

@@ -82,6 +82,26 @@ async def _record_call(session: Any, digest: bytes | None, endpoint: str,
         raise replayed()
 
 
+async def purge_status_calls(ctx: NotificationsContext, *, batch: int = 10_000) -> int:
+    """Forget the delivery-receipt calls older than the replay window (see
+    `webhook_calls`), a batch per transaction; returns how many went."""
+    assert ctx.sessions is not None
+    before = ctx.clock() - timedelta(days=ctx.settings.webhook_status_replay_days)
+    purged = 0
+    while True:
+        async with ctx.sessions() as session, session.begin():
+            old = (sa.select(webhook_calls.c.digest)
+                   .where(webhook_calls.c.endpoint == "status",
+                          webhook_calls.c.received_at < before)
+                   .limit(batch).scalar_subquery())
+            gone = len((await session.execute(
+                sa.delete(webhook_calls).where(webhook_calls.c.digest.in_(old))
+                .returning(webhook_calls.c.digest))).all())
+        purged += gone
+        if gone < batch:
+            return purged
+
+
 def replayed() -> Problem:
     return Problem(409, detail="This call was received and handled before; a replay "
                                "changes nothing.")
