@@ -70,13 +70,19 @@ def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     return int(state.position)
 
 
-def aiokafka_lag(consumer: AIOKafkaConsumer, group: str) -> LagSource:
+def aiokafka_lag(consumer: AIOKafkaConsumer, group: str,
+                 position: Callable[[TopicPartition], int | None] | None = None
+                 ) -> LagSource:
+    """The lag of a consumer's assigned partitions; `position` says where the group
+    stands on one (default: the consumer's own position)."""
+    position_of = position or (lambda tp: _position(consumer, tp))
+
     def lag() -> Iterator[tuple[str, str, int]]:
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
-            position = _position(consumer, tp)
-            if end is not None and position is not None:
-                yield group, tp.topic, max(0, end - position)
+            at = position_of(tp)
+            if end is not None and at is not None:
+                yield group, tp.topic, max(0, end - at)
     return lag
 
 

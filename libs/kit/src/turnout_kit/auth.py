@@ -158,6 +158,28 @@ def issue_token(
     return jwt.encode(claims, _secret(secret), algorithm="HS256")
 
 
+class ServiceToken:
+    """The bearer token one service sends another (role `service`), minted with the
+    deployment's key and minted again once less than a quarter of its life is left."""
+
+    TTL = timedelta(hours=1)
+
+    def __init__(self, settings: ServiceSettings, subject: str) -> None:
+        self._settings = settings
+        self._subject = subject
+        self._token: str | None = None
+        self._expires = datetime.min.replace(tzinfo=UTC)
+
+    def headers(self) -> dict[str, str]:
+        now = datetime.now(UTC)
+        if self._token is None or self._expires - now < self.TTL / 4:
+            s = self._settings
+            self._token = issue_token(s.jwt_secret, Role.service, self._subject, ttl=self.TTL,
+                                      issuer=s.jwt_issuer, audience=s.jwt_audience, now=now)
+            self._expires = now + self.TTL
+        return {"Authorization": f"Bearer {self._token}"}
+
+
 class SigningKeySource(Protocol):
     """What we need of `jwt.PyJWKClient` (tests may supply their own)."""
 

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 
 import httpx
 import structlog
 
-from turnout_kit.auth import Role, issue_token
+from turnout_kit.auth import ServiceToken
 
 from ..settings import BallotsSettings
 
 log = structlog.get_logger("turnout.ballots.directory")
 
-TOKEN_TTL = timedelta(hours=1)
 PATH = "/internal/v1/member-ids"
 BATCH = 10_000  # contacts' limit per call
 
@@ -31,24 +29,13 @@ class DirectoryUnavailable(Exception):
 class MemberDirectory:
     def __init__(self, settings: BallotsSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._settings = settings
         self._client = httpx.AsyncClient(base_url=settings.contacts_url,
                                          timeout=settings.contacts_timeout_seconds,
                                          transport=transport)
-        self._token: str | None = None
-        self._token_expires = datetime.min.replace(tzinfo=UTC)
+        self._token = ServiceToken(settings, "ballots")
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    def _bearer(self) -> str:
-        now = datetime.now(UTC)
-        if self._token is None or self._token_expires - now < TOKEN_TTL / 4:
-            s = self._settings
-            self._token = issue_token(s.jwt_secret, Role.service, "ballots", ttl=TOKEN_TTL,
-                                      issuer=s.jwt_issuer, audience=s.jwt_audience, now=now)
-            self._token_expires = now + TOKEN_TTL
-        return self._token
 
     async def member_ids(self, numbers: Sequence[str]) -> dict[str, uuid.UUID]:
         """The member id of each number that names a member; unknown ones are absent."""
@@ -58,7 +45,7 @@ class MemberDirectory:
             try:
                 response = await self._client.post(
                     PATH, json={"membership_numbers": batch},
-                    headers={"Authorization": f"Bearer {self._bearer()}"})
+                    headers=self._token.headers())
             except httpx.HTTPError as exc:
                 log.warning("contacts_unreachable", error=type(exc).__name__)
                 raise DirectoryUnavailable(type(exc).__name__) from None

@@ -132,19 +132,7 @@ class CampaignPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
-class CampaignOut(BaseModel):
-    campaign_id: uuid.UUID
-    ballot_id: uuid.UUID
-    channel: str
-    template: str
-    link: str | None
-    status: Literal["active", "paused", "cancelled"]
-    quiet_hours: QuietHoursOut
-    max_per_day: int
-    audience: AudienceOut
-    created_by: str
-    created_at: datetime
-    slots: list[SlotOut]
+class CampaignOut(CampaignSummary):
     counts: CountsOut
     counts_branch_codes: list[str] | None = Field(description=(
         "The counts cover only these branches (a rep's); null: the whole campaign."))

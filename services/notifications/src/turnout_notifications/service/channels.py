@@ -12,18 +12,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import httpx
 import structlog
 
-from turnout_kit.auth import Role, issue_token
+from turnout_kit.auth import ServiceToken
 
 from ..settings import NotificationsSettings
 
 log = structlog.get_logger("turnout.notifications.channels")
 
-TOKEN_TTL = timedelta(hours=1)
 PATH = "/internal/v1/contact-channels"
 
 
@@ -45,21 +43,10 @@ class ContactChannels:
         self._client = httpx.AsyncClient(base_url=settings.contacts_url,
                                          timeout=settings.contacts_timeout_seconds,
                                          transport=transport)
-        self._token: str | None = None
-        self._token_expires = datetime.min.replace(tzinfo=UTC)
+        self._token = ServiceToken(settings, "notifications")
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    def _bearer(self) -> str:
-        now = datetime.now(UTC)
-        if self._token is None or self._token_expires - now < TOKEN_TTL / 4:
-            s = self._settings
-            self._token = issue_token(s.jwt_secret, Role.service, "notifications",
-                                      ttl=TOKEN_TTL, issuer=s.jwt_issuer,
-                                      audience=s.jwt_audience, now=now)
-            self._token_expires = now + TOKEN_TTL
-        return self._token
 
     async def sms(self, member_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, SmsChannel]:
         found: dict[uuid.UUID, SmsChannel] = {}
@@ -69,7 +56,7 @@ class ContactChannels:
             try:
                 response = await self._client.post(
                     PATH, json={"member_ids": batch},
-                    headers={"Authorization": f"Bearer {self._bearer()}"})
+                    headers=self._token.headers())
             except httpx.HTTPError as exc:
                 log.warning("contacts_unreachable", error=type(exc).__name__)
                 raise ContactsUnavailable(type(exc).__name__) from None

@@ -32,6 +32,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from prometheus_client import Counter
 
+from turnout_events.lag import aiokafka_lag
 from turnout_events.topics import METADATA_MAX_AGE_MS, TopicRegistry
 
 from ..projections.folder import Fetched, Folder, OnBatch
@@ -157,14 +158,11 @@ class FoldConsumer:
         `kafka_consumer_lag_records` gauge (turnout_events.lag): measured from the
         positions the fold has reached, not from Kafka's committed offsets (never
         used)."""
-        consumer = self._consumer
-        if consumer is None:
+        if self._consumer is None:
             return
-        for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            position = self.folder.positions.get((tp.topic, tp.partition))
-            if end is not None and position is not None:
-                yield self.group, tp.topic, max(0, end - position)
+        positions = self.folder.positions
+        yield from aiokafka_lag(self._consumer, self.group,
+                                lambda tp: positions.get((tp.topic, tp.partition)))()
 
     @property
     def folded(self) -> int:
