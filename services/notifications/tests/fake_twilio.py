@@ -25,16 +25,15 @@ import hmac
 import itertools
 import re
 import secrets
-import socket
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from services.notifications.tests.support import serving
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
@@ -148,31 +147,12 @@ def _app(fake: FakeTwilio) -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @asynccontextmanager
 async def fake_twilio_server() -> AsyncIterator[FakeTwilio]:
     fake = FakeTwilio()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(_app(fake), host="127.0.0.1", port=port,
-                                           log_config=None, access_log=False,
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if task.done() or time.monotonic() > deadline:
-            raise RuntimeError("the fake Twilio server did not start")
-        await asyncio.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(_app(fake), "the fake Twilio server") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        await task
 
 
 # -- fixtures: import them into a test module to use them (`fake_twilio_fixture` provides

@@ -107,6 +107,15 @@ async def fake_contacts_server() -> AsyncIterator[FakeContacts]:
                 items.append({"member_id": raw, "mobile": found[0], "first_name": found[1]})
         return {"items": items}
 
+    async with serving(app, "the fake contacts server") as url:
+        state.url = url
+        yield state
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, what: str) -> AsyncIterator[str]:
+    """`app` on a real HTTP server on a free local port (its URL), for the length of the
+    block: the services under test call their fakes over HTTP, as they would for real."""
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                           access_log=False, lifespan="off"))
@@ -114,11 +123,10 @@ async def fake_contacts_server() -> AsyncIterator[FakeContacts]:
     deadline = time.monotonic() + 10
     while not server.started:
         if task.done() or time.monotonic() > deadline:
-            raise RuntimeError("the fake contacts server did not start")
-        await asyncio.sleep(0.01)
-    state.url = f"http://127.0.0.1:{port}"
+            raise RuntimeError(f"{what} did not start")
+        await asyncio.sleep(0.01)  # polling interval while waiting with a deadline
     try:
-        yield state
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
