@@ -1,6 +1,7 @@
 """Reporting fold throughput, against a bare consumer reading the same topics, in one run.
 
     uv run python bench/reporting_fold.py [--members 1000000] [--batch 50000]
+                                          [--fold-processes 2]
 
 Fills a fresh topic set with a synthetic ballot (`turnout_reporting.synthetic`: about
 4.4 events per member across the contacts, ballots and notifications topics, with
@@ -10,7 +11,10 @@ moves, retractions, reminders and duplicates), then measures:
     the fold's own decoder (msgspec, with the contract's checks) — reading and decoding
     exactly as the fold does, and nothing else;
 (b) the reporting fold (`FoldConsumer`: decode, fold, one transaction per batch with the
-    offsets, the change feed) from an empty database until it has committed every record;
+    offsets, the change feed) from an empty database until it has committed every record,
+    as the service runs it with `REPORTING_FOLD_PROCESSES` (`--fold-processes`, default
+    2: the local runtime's setting, `messaging/processes.py`); and again in one process,
+    the service's default, for comparison (b1);
 (c) the folded numbers against the generator's ground truth, unit by unit, and hour by hour;
 (d) a rebuild (`service/rebuild.py`, as `POST /v1/admin/rebuild` runs it): every record
     refolded into shadow tables and swapped in, timed from the request to the swap's
@@ -43,9 +47,11 @@ from turnout_reporting.main import MIGRATIONS  # noqa: E402
 from turnout_reporting.messaging.consumer import (  # noqa: E402
     FoldConsumer,
     consumer_options,
+    group_id,
     relax_garbage_collection,
     source_topics,
 )
+from turnout_reporting.messaging.processes import FoldProcesses  # noqa: E402
 from turnout_reporting.projections.decode import EventDecoder  # noqa: E402
 from turnout_reporting.projections.fold import COUNTS  # noqa: E402
 from turnout_reporting.projections.store import fold_pool  # noqa: E402
@@ -81,7 +87,7 @@ class Measured:
         return self.events / self.seconds
 
     def cpu_us(self) -> str:
-        line = f"{self.cpu / self.events * 1e6:5.1f} µs CPU/event here"
+        line = f"{self.cpu / self.events * 1e6:5.1f} µs CPU/event in Python"
         if self.db_cpu is not None:
             line += f" + {self.db_cpu / self.events * 1e6:.1f} in PostgreSQL"
         return line
@@ -165,6 +171,43 @@ async def fold_rate(settings: ReportingSettings, topics,
     return Measured(total, elapsed, cpu, spent), pool
 
 
+async def fold_rate_in_processes(settings: ReportingSettings, topics, total: int) -> Measured:
+    """The fold as the service runs it with `fold_processes` > 1: child processes in one
+    consumer group, done when the offsets they stored add up to every record."""
+    await run_migrations(MIGRATIONS, settings.database_url)
+    group = group_id(topics)
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    processes = FoldProcesses(settings)
+    started = time.perf_counter()
+    await processes.start()
+    try:
+        last, last_at = 0, time.monotonic()
+        while True:
+            folded = await conn.fetchval("SELECT coalesce(sum(next_offset), 0) "
+                                         'FROM consumer_offsets WHERE "group" = $1', group)
+            if folded >= total:
+                break
+            if folded != last:
+                last, last_at = folded, time.monotonic()
+            elif time.monotonic() - last_at > 120:
+                raise RuntimeError(f"the fold stalled at {last} of {total} records")
+            await asyncio.sleep(0.05)  # sampling the offsets, not a race fix
+        elapsed = time.perf_counter() - started
+        # Everything the fold processes spent, start-up included (spawning, imports).
+        cpu = [_cpu_seconds(pid) for pid in processes.pids() if pid is not None]
+        backends = [r[0] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'reporting-fold-%' "
+            "AND datname = current_database()")]
+        db_cpu = [_cpu_seconds(pid) for pid in backends]
+    finally:
+        await processes.stop()
+        await conn.close()
+    if len(cpu) != settings.fold_processes or None in cpu:
+        raise RuntimeError("a fold process died during the benchmark")
+    spent = sum(db_cpu) if db_cpu and None not in db_cpu else None  # type: ignore[arg-type]
+    return Measured(total, elapsed, sum(cpu), spent)  # type: ignore[arg-type]
+
+
 async def rebuild(settings: ReportingSettings) -> tuple[Measured, str]:
     """A rebuild from the request to the swap (no live fold runs beside it: (b) stopped)."""
     ctx = ReportingContext.from_settings(settings)
@@ -199,7 +242,7 @@ async def compare(database_url: str, ballot) -> tuple[bool, str]:
                                    f"{'equal' if hours_ok else 'DIFFERENT'}")
 
 
-async def measure(infra, members: int, batch: int) -> int:
+async def measure(infra, members: int, batch: int, fold_processes: int) -> int:
     started = time.perf_counter()
     ballot = generate_ballot(members, groups=6, branches=120, workplaces=600, seed=1)
     total = len(ballot.events)
@@ -207,35 +250,50 @@ async def measure(infra, members: int, batch: int) -> int:
           f"generated in {time.perf_counter() - started:.1f}s; infra: {infra.how}")
     topics = await create_topics(infra.kafka_bootstrap_servers, partitions=6)
     database_url = await create_database(infra.database_url)
+    one_process_url = await create_database(infra.database_url)
     settings = ReportingSettings(database_url=database_url,
                                  kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
                                  topic_namespace=topics.namespace,
-                                 topic_partitions=topics.partitions, fold_batch_size=batch)
+                                 topic_partitions=topics.partitions, fold_batch_size=batch,
+                                 fold_processes=fold_processes)
     pool = None
     try:
         started = time.perf_counter()
         await fill(infra.kafka_bootstrap_servers, topics, ballot.events)
         print(f"topics filled in {time.perf_counter() - started:.1f}s")
         bare = await bare_read(settings, topics, total)
-        folded, pool = await fold_rate(settings, topics, total)
-        exact, detail = await compare(database_url, ballot)
+        if fold_processes > 1:
+            folded = await fold_rate_in_processes(settings, topics, total)
+            exact, detail = await compare(database_url, ballot)
+        one, pool = await fold_rate(settings.model_copy(update={
+            "database_url": one_process_url, "fold_processes": 1}), topics, total)
+        one_exact, one_detail = await compare(one_process_url, ballot)
+        if fold_processes == 1:
+            folded, exact, detail = one, one_exact, one_detail
+            settings = settings.model_copy(update={"database_url": one_process_url})
         rebuilt, rebuild_state = await rebuild(settings)
-        rebuilt_exact, rebuilt_detail = await compare(database_url, ballot)
+        rebuilt_exact, rebuilt_detail = await compare(settings.database_url, ballot)
     finally:
         if pool is not None:
             await pool.close()
         await delete_topics(infra.kafka_bootstrap_servers, topics)
         await drop_database(infra.database_url, database_url)
+        await drop_database(infra.database_url, one_process_url)
     ratio = folded.rate / bare.rate
     ok_rate, ok_ratio = folded.rate >= MIN_FOLD_RATE, ratio >= MIN_RATIO
     print(f"(a) bare consumer (read + decode):       {bare.rate:>10,.0f} events/s  "
           f"({bare.seconds:.1f}s; {bare.cpu_us()})")
-    print(f"(b) reporting fold (empty -> caught up): {folded.rate:>10,.0f} events/s  "
+    print(f"(b) reporting fold (empty -> caught up), {fold_processes} process"
+          f"{'es' if fold_processes > 1 else ''}: {folded.rate:>10,.0f} events/s  "
           f"(limit >= {MIN_FOLD_RATE:,})  {'ok' if ok_rate else 'BELOW LIMIT'}  "
           f"({folded.seconds:.1f}s; {folded.cpu_us()})")
     print(f"(b)/(a): {ratio:.2f}  (limit >= {MIN_RATIO:.2f})  "
-          f"{'ok' if ok_ratio else 'BELOW LIMIT'}; CPU per event (a)/(b) in this process: "
+          f"{'ok' if ok_ratio else 'BELOW LIMIT'}; CPU per event (a)/(b): "
           f"{bare.cpu / folded.cpu:.2f}")
+    if fold_processes > 1:
+        print(f"(b1) the same fold in one process:      {one.rate:>10,.0f} events/s  "
+              f"({one.seconds:.1f}s; {one.cpu_us()}); (b1)/(a): {one.rate / bare.rate:.2f}; "
+              f"numbers equal to the ground truth: {'yes, exactly' if one_exact else 'NO'}")
     print(f"(c) numbers equal to the ground truth: {'yes, exactly' if exact else 'NO'} "
           f"({detail})")
     ok_rebuild = rebuild_state == "done" and rebuilt.seconds <= MAX_REBUILD_SECONDS
@@ -247,19 +305,21 @@ async def measure(infra, members: int, batch: int) -> int:
           f"  ({rebuilt.rate:,.0f} records/s; {rebuilt.cpu / total * 1e6:.1f} µs CPU/record here); "
           f"numbers equal to the ground truth: {'yes, exactly' if rebuilt_exact else 'NO'} "
           f"({rebuilt_detail})")
-    return 0 if (ok_rate and ok_ratio and exact and ok_rebuild and rebuilt_exact) else 1
+    return 0 if (ok_rate and ok_ratio and exact and one_exact and ok_rebuild
+                 and rebuilt_exact) else 1
 
 
-def main(members: int, batch: int) -> int:
+def main(members: int, batch: int, fold_processes: int) -> int:
     # The fold's process-wide garbage collector setting, for (a) as for (b).
     relax_garbage_collection()
     with provide_infra() as infra:
-        return asyncio.run(measure(infra, members, batch))
+        return asyncio.run(measure(infra, members, batch, fold_processes))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--fold-processes", type=int, default=2)
     args = parser.parse_args()
-    sys.exit(main(args.members, args.batch))
+    sys.exit(main(args.members, args.batch, args.fold_processes))

@@ -49,7 +49,10 @@ def start(*, create_topics: bool = True) -> Endpoints:
 def start_services(endpoints: Endpoints) -> list[services.ServiceSpec]:
     """Start every installed service against the runtime and wait until each is ready."""
     env = {"DATABASE_URL": endpoints.database_url,
-           "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers}
+           "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers,
+           # Reporting folds in two processes of its own (a restart or a rebuild catches
+           # up about twice as fast as in one), unless told otherwise.
+           "REPORTING_FOLD_PROCESSES": os.environ.get("REPORTING_FOLD_PROCESSES", "2")}
     started = services.installed_services()
     for spec in started:
         services.start(spec, env)

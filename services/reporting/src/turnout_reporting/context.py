@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from turnout_events.topics import TopicRegistry
 
 from .messaging.consumer import FoldConsumer
+from .messaging.processes import CommittedLag, FoldProcesses
 from .settings import ReportingSettings
 
 
@@ -25,6 +26,9 @@ class ReportingContext:
     sessions: async_sessionmaker[AsyncSession] | None = None
     pool: asyncpg.Pool | None = field(default=None, repr=False)
     consumer: FoldConsumer | None = field(default=None, repr=False)
+    # Or, with fold_processes > 1, the processes that fold and their lag.
+    fold_processes: FoldProcesses | None = field(default=None, repr=False)
+    fold_lag: CommittedLag | None = field(default=None, repr=False)
     # A rebuild this instance coordinates (service/rebuild.py), while it runs.
     rebuild: asyncio.Task[None] | None = field(default=None, repr=False)
 

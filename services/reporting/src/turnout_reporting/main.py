@@ -18,6 +18,7 @@ from .api import routers
 from .api.stream import close_change_hub
 from .context import ReportingContext
 from .messaging.consumer import FoldConsumer
+from .messaging.processes import CommittedLag, FoldProcesses
 from .projections.store import fold_pool
 from .settings import ReportingSettings
 
@@ -33,7 +34,13 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
                                          application_name="reporting")
         ctx.sessions = session_factory(ctx.engine)
         app.state.readiness_checks.append(kafka_check(settings.kafka_bootstrap_servers))
-        if settings.fold_enabled:
+        if settings.fold_enabled and settings.fold_processes > 1:
+            ctx.fold_processes = FoldProcesses(settings)
+            await ctx.fold_processes.start()
+            ctx.fold_lag = CommittedLag(settings, ctx.sessions)
+            await ctx.fold_lag.start()
+            CONSUMER_LAG.add(ctx.fold_lag)
+        elif settings.fold_enabled:
             ctx.pool = await fold_pool(settings.database_url, "reporting-fold")
             ctx.consumer = FoldConsumer(settings, ctx.topics, ctx.pool)
             # Kafka may be away when the service starts: serve the numbers already
@@ -53,6 +60,13 @@ def create_reporting_app(settings: ReportingSettings | None = None) -> FastAPI:
             starter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starter
+        if ctx.fold_lag is not None:
+            CONSUMER_LAG.remove(ctx.fold_lag)
+            await ctx.fold_lag.stop()
+            ctx.fold_lag = None
+        if ctx.fold_processes is not None:
+            await ctx.fold_processes.stop()
+            ctx.fold_processes = None
         if ctx.consumer is not None:
             CONSUMER_LAG.remove(ctx.consumer.lag)
             await ctx.consumer.stop()

@@ -35,3 +35,9 @@ class ReportingSettings(ServiceSettings):
     fold_align_ms: int = Field(default=2000, ge=0, le=3_600_000)
     # Off for an instance that only serves HTTP (the projections are folded elsewhere).
     fold_enabled: bool = True
+    # Processes that fold. 1: the service process folds beside serving HTTP. 2 or more:
+    # that many child processes fold, sharing the partitions as instances of one
+    # consumer group would, and the service process only serves (messaging/processes.py).
+    # Catching up is CPU-bound in Python, so one per core the machine can spare (leave
+    # PostgreSQL one) folds fastest.
+    fold_processes: int = Field(default=1, ge=1, le=32)

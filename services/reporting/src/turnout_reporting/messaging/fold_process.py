@@ -1,0 +1,60 @@
+"""A fold process's entry point (see `processes.py`), in a module of its own that imports
+next to nothing: the child must set where its metrics go before prometheus_client is
+imported, and unpickling its target imports this module first."""
+
+from __future__ import annotations
+
+import os
+
+from ..settings import ReportingSettings
+
+PARENT_CHECK_S = 1.0
+
+
+def fold_process_main(settings: ReportingSettings, index: int, parent: int,
+                      metrics_dir: str | None) -> None:
+    """A child's whole life: fold until told to stop (SIGTERM, SIGINT) or orphaned."""
+    if metrics_dir is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    import asyncio
+
+    from turnout_kit.logging import configure_logging
+
+    configure_logging(f"reporting-fold-{index}", settings.log_level, settings.log_json)
+    asyncio.run(_fold_until_stopped(settings, index, parent))
+
+
+async def _fold_until_stopped(settings: ReportingSettings, index: int, parent: int) -> None:
+    import asyncio
+    import contextlib
+    import signal
+
+    import structlog
+
+    from turnout_kit.app import start_with_retry
+
+    from ..projections.store import fold_pool
+    from .consumer import FoldConsumer
+
+    log = structlog.get_logger("turnout.reporting.processes")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    pool = await fold_pool(settings.database_url, f"reporting-fold-{index}")
+    consumer = FoldConsumer(settings, settings.topic_registry(), pool)
+    starter = await start_with_retry(consumer, name="fold_consumer")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
+            if os.getppid() != parent:
+                log.warning("fold_process_orphaned", index=index)
+                break
+    finally:
+        if starter is not None and not starter.done():
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
+        await consumer.stop()
+        await pool.close()

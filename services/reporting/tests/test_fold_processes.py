@@ -1,0 +1,127 @@
+"""The fold in processes of its own (`fold_processes` 2): they share the partitions as one
+consumer group, count every event once, report their lag on the service's `/metrics`,
+and one killed with SIGKILL is replaced while the other carries on; stopping the
+service stops them."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from turnout_reporting.main import create_reporting_app
+from turnout_reporting.messaging.consumer import group_id
+from turnout_reporting.settings import ReportingSettings
+
+from services.reporting.tests.events import publish
+from services.reporting.tests.test_exactly_once import (
+    _at_least,
+    assert_exact,
+    consumed,
+    reporting_db,  # noqa: F401  (a fixture)
+    synthetic,
+    wait_for,
+)
+from tests.support.isolation import create_topics, delete_topics
+from tests.support.services import running
+
+pytestmark = pytest.mark.integration
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def folded_total(metrics: str) -> int:
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+               if line.startswith("reporting_events_folded_total "))
+
+
+def lag_lines(metrics: str, group: str) -> list[int]:
+    prefix = f'kafka_consumer_lag_records{{group="{group}",'
+    return [int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+            if line.startswith(prefix)]
+
+
+async def test_two_fold_processes_count_each_event_once_and_a_killed_one_is_replaced(
+        database_url, reporting_db, kafka_bootstrap, tokens):  # noqa: F811
+    topics = await create_topics(kafka_bootstrap, partitions=4)
+    try:
+        settings = ReportingSettings(
+            database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+            topic_namespace=topics.namespace, topic_partitions=topics.partitions,
+            fold_batch_size=50, fold_poll_ms=50, fold_processes=2)
+        group = group_id(topics)
+        first_wave, first_events = synthetic(members=600, seed=61)
+        second_wave, second_events = synthetic(members=1500, seed=62)
+        total = len(first_events) + len(second_events)
+        national = tokens("national")
+
+        app = create_reporting_app(settings)
+        async with running(app, "http://reporting") as client:
+            workers = app.state.ctx.fold_processes
+            assert app.state.ctx.consumer is None  # the service process only serves
+            pids = workers.pids()
+            assert len(pids) == 2 and all(pids), pids
+
+            async def both_folding() -> bool:
+                names = {r[0] for r in await reporting_db.fetch(
+                    "SELECT application_name FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'reporting-fold-%' AND datname = "
+                    "current_database()")}
+                return names == {"reporting-fold-0", "reporting-fold-1"}
+
+            await wait_for(both_folding, "for both fold processes to connect")
+            await publish(kafka_bootstrap, topics, first_events)
+            await wait_for(lambda: _at_least(reporting_db, group, len(first_events)),
+                           "for the first wave to be consumed")
+            await assert_exact(client, national, first_wave)
+
+            async def no_lag() -> bool:
+                metrics = (await client.get("/metrics")).text
+                lags = lag_lines(metrics, group)
+                return bool(lags) and sum(lags) == 0
+
+            await wait_for(no_lag, "for /metrics to show the fold caught up")
+            metrics = (await client.get("/metrics")).text
+            # The records the fold processes folded, counted on the service's /metrics;
+            # every metric there once (the children's beside the service's own).
+            assert folded_total(metrics) == len(first_events)
+            families = [line.split()[2] for line in metrics.splitlines()
+                        if line.startswith("# TYPE ")]
+            assert len(families) == len(set(families)), sorted(
+                f for f in families if families.count(f) > 1)
+
+            # One process killed with SIGKILL a little way into the second wave.
+            await publish(kafka_bootstrap, topics, second_events)
+            await wait_for(lambda: _at_least(reporting_db, group,
+                                             len(first_events) + len(second_events) // 5),
+                           "for the second wave to be under way")
+            victim = pids[0]
+            os.kill(victim, signal.SIGKILL)
+            assert await consumed(reporting_db, group) < total, "killed after the end"
+
+            async def replaced() -> bool:
+                now = workers.pids()
+                return now[0] is not None and now[0] != victim and now[1] == pids[1]
+
+            await wait_for(replaced, "for the killed fold process to be replaced")
+            await wait_for(lambda: _at_least(reporting_db, group, total),
+                           "for the fold to consume everything")
+            assert await consumed(reporting_db, group) == total
+            # The killed process's count survives it (a file of its own); only a batch it
+            # committed and was killed before counting can be missing, and a batch cut
+            # short before its commit is folded again and counted twice.
+            counted = folded_total((await client.get("/metrics")).text)
+            assert counted >= total - settings.fold_batch_size, (counted, total)
+            await assert_exact(client, national, first_wave)
+            await assert_exact(client, national, second_wave)
+            running_pids = [pid for pid in workers.pids() if pid is not None]
+        # Stopping the service stops its fold processes.
+        assert not any(alive(pid) for pid in running_pids)
+    finally:
+        await delete_topics(kafka_bootstrap, topics)
