@@ -5,6 +5,7 @@ service stops them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -22,6 +23,7 @@ from services.reporting.tests.test_exactly_once import (
     synthetic,
     wait_for,
 )
+from services.reporting.tests.test_rebuild import rebuild_to_the_end
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
 
@@ -123,5 +125,43 @@ async def test_two_fold_processes_count_each_event_once_and_a_killed_one_is_repl
             running_pids = [pid for pid in workers.pids() if pid is not None]
         # Stopping the service stops its fold processes.
         assert not any(alive(pid) for pid in running_pids)
+    finally:
+        await delete_topics(kafka_bootstrap, topics)
+
+
+async def test_a_rebuild_beside_fold_processes_swaps_in_and_they_go_on_from_it(
+        database_url, reporting_db, kafka_bootstrap, tokens):  # noqa: F811
+    """The rebuild runs in the service process and the live fold in others: at the swap
+    they find the offsets they folded from replaced, go back to the new tables' offsets
+    and go on from there, counting events that arrive after the swap exactly once."""
+    topics = await create_topics(kafka_bootstrap, partitions=4)
+    try:
+        settings = ReportingSettings(
+            database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+            topic_namespace=topics.namespace, topic_partitions=topics.partitions,
+            fold_batch_size=50, fold_poll_ms=50, fold_processes=2)
+        group = group_id(topics)
+        before, before_events = synthetic(members=500, seed=63)
+        during, during_events = synthetic(members=800, seed=64)
+        after, after_events = synthetic(members=300, seed=65)
+        national = tokens("national")
+
+        app = create_reporting_app(settings)
+        async with running(app, "http://reporting") as client:
+            await publish(kafka_bootstrap, topics, before_events)
+            await wait_for(lambda: _at_least(reporting_db, group, len(before_events)),
+                           "for the first ballot to be consumed")
+            rebuilding = asyncio.create_task(rebuild_to_the_end(client, tokens("admin")))
+            await publish(kafka_bootstrap, topics, during_events)  # while it rebuilds
+            status, _ = await rebuilding
+            assert status["state"] == "done", status
+            await publish(kafka_bootstrap, topics, after_events)
+            total = len(before_events) + len(during_events) + len(after_events)
+            await wait_for(lambda: _at_least(reporting_db, group, total),
+                           "for the fold processes to consume everything")
+            assert await consumed(reporting_db, group) == total
+            for ballot in (before, during, after):
+                await assert_exact(client, national, ballot)
+            assert all(workers_alive for workers_alive in app.state.ctx.fold_processes.pids())
     finally:
         await delete_topics(kafka_bootstrap, topics)
