@@ -171,6 +171,7 @@ TURNOUT_COLUMNS = (*UNIT_COLUMNS, *COUNTS)
 HOURLY_COLUMNS = (*UNIT_COLUMNS, "hour", "votes")
 # The id sets travel as comma-separated text (see BallotMemberState).
 _ID_SETS = ("replacement_requests", "reminders")
+_NO_IDS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,11 +230,23 @@ async def write_result(conn: asyncpg.Connection, result: FoldResult, *,
         await conn.copy_records_to_table(MEMBERS.name, columns=MEMBER_COLUMNS,
                                          records=map(astuple, result.members))
         await conn.execute(MEMBERS.merge())
-    if result.new_enrolments or result.enrolments:
-        # All through the stage: their id sets become arrays there.
-        await conn.copy_records_to_table(
-            ENROLMENTS.name, columns=ENROLMENT_COLUMNS,
-            records=[*map(astuple, result.new_enrolments), *map(astuple, result.enrolments)])
+    # New enrolments without reminders or replacement requests (most of a first fold's)
+    # go straight in, their empty id sets as empty arrays; the others through the stage,
+    # where their id sets become arrays.
+    plain: list[tuple] = []
+    staged: list[tuple] = [*map(astuple, result.enrolments)]
+    for enrolment in result.new_enrolments:
+        row = astuple(enrolment)
+        if row[-1] or row[-2]:
+            staged.append(row)
+        else:
+            plain.append((*row[:-2], _NO_IDS, _NO_IDS))
+    if plain:
+        await conn.copy_records_to_table("ballot_members", columns=ENROLMENT_COLUMNS,
+                                         records=plain)
+    if staged:
+        await conn.copy_records_to_table(ENROLMENTS.name, columns=ENROLMENT_COLUMNS,
+                                         records=staged)
         await conn.execute(ENROLMENTS.merge())
     for ballot_id, info in sorted(result.ballots.items()):
         opened = "name" in info
