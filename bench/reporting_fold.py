@@ -281,17 +281,17 @@ async def measure(infra, members: int, batch: int, fold_processes: int) -> int:
         await drop_database(infra.database_url, one_process_url)
     ratio = folded.rate / bare.rate
     ok_rate, ok_ratio = folded.rate >= MIN_FOLD_RATE, ratio >= MIN_RATIO
-    print(f"(a) bare consumer (read + decode):       {bare.rate:>10,.0f} events/s  "
+    print(f"(a) bare consumer (read + decode): {bare.rate:,.0f} events/s  "
           f"({bare.seconds:.1f}s; {bare.cpu_us()})")
-    print(f"(b) reporting fold (empty -> caught up), {fold_processes} process"
-          f"{'es' if fold_processes > 1 else ''}: {folded.rate:>10,.0f} events/s  "
+    processes = f"{fold_processes} process{'es' if fold_processes > 1 else ''}"
+    print(f"(b) reporting fold (empty -> caught up, {processes}): {folded.rate:,.0f} events/s  "
           f"(limit >= {MIN_FOLD_RATE:,})  {'ok' if ok_rate else 'BELOW LIMIT'}  "
           f"({folded.seconds:.1f}s; {folded.cpu_us()})")
     print(f"(b)/(a): {ratio:.2f}  (limit >= {MIN_RATIO:.2f})  "
           f"{'ok' if ok_ratio else 'BELOW LIMIT'}; CPU per event (a)/(b): "
           f"{bare.cpu / folded.cpu:.2f}")
     if fold_processes > 1:
-        print(f"(b1) the same fold in one process:      {one.rate:>10,.0f} events/s  "
+        print(f"(b1) the same fold in one process: {one.rate:,.0f} events/s  "
               f"({one.seconds:.1f}s; {one.cpu_us()}); (b1)/(a): {one.rate / bare.rate:.2f}; "
               f"numbers equal to the ground truth: {'yes, exactly' if one_exact else 'NO'}")
     print(f"(c) numbers equal to the ground truth: {'yes, exactly' if exact else 'NO'} "
