@@ -9,6 +9,8 @@ import asyncio
 import os
 import signal
 
+import httpx
+import psutil
 import pytest
 from turnout_reporting.main import create_reporting_app
 from turnout_reporting.messaging.consumer import group_id
@@ -19,23 +21,24 @@ from services.reporting.tests.test_exactly_once import (
     _at_least,
     assert_exact,
     consumed,
-    reporting_db,  # noqa: F401  (a fixture)
+    free_port,
+    reporting_db,  # noqa: F401  (a fixture, used by name)
     synthetic,
     wait_for,
 )
 from services.reporting.tests.test_rebuild import rebuild_to_the_end
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
+from turnout_local import services
 
 pytestmark = pytest.mark.integration
 
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def folded_total(metrics: str) -> int:
@@ -165,3 +168,47 @@ async def test_a_rebuild_beside_fold_processes_swaps_in_and_they_go_on_from_it(
             assert all(workers_alive for workers_alive in app.state.ctx.fold_processes.pids())
     finally:
         await delete_topics(kafka_bootstrap, topics)
+
+
+async def test_the_service_process_as_the_local_runtime_runs_it_folds_in_two_children(
+        tmp_path, monkeypatch, database_url, reporting_db, topics,  # noqa: F811
+        kafka_bootstrap, tokens):
+    """`python -m turnout_reporting.main` with REPORTING_FOLD_PROCESSES=2: two child
+    processes fold (their records counted on the service's /metrics), and stopping the
+    service leaves none behind."""
+    ballot, envelopes = synthetic(members=400, seed=66)
+    monkeypatch.setenv("TURNOUT_LOCAL_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORTING_HTTP_PORT", str(free_port()))
+    spec = next(s for s in services.SERVICES if s.name == "reporting")
+    env = {"REPORTING_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "TURNOUT_TOPIC_NAMESPACE": topics.namespace,
+           "TURNOUT_TOPIC_PARTITIONS": str(topics.partitions),
+           "REPORTING_FOLD_BATCH_SIZE": "50", "REPORTING_FOLD_POLL_MS": "50",
+           "REPORTING_FOLD_PROCESSES": "2"}
+    group = group_id(topics)
+    services.start(spec, env)
+    try:
+        services.wait_ready(spec, timeout=60)
+        service = psutil.Process(int(services.pid_file(spec).read_text()))
+        await publish(kafka_bootstrap, topics, envelopes)
+        await wait_for(lambda: _at_least(reporting_db, group, len(envelopes)),
+                       "for the service to consume the ballot")
+        folders = {r[0] for r in await reporting_db.fetch(
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE application_name LIKE 'reporting-fold-%' AND datname = current_database()")}
+        children = {p.pid for p in service.children(recursive=True)}
+        async with httpx.AsyncClient(base_url=spec.url) as client:
+            await assert_exact(client, tokens("national"), ballot)
+            metrics = (await client.get("/metrics")).text
+        assert folded_total(metrics) == len(envelopes)
+        assert lag_lines(metrics, group)  # the fold's lag, measured by the service
+        # Each child folded, over connections of its own.
+        assert folders == {"reporting-fold-0", "reporting-fold-1"}
+    finally:
+        services.stop(spec)
+
+    async def all_gone() -> bool:
+        return not any(alive(pid) for pid in children)
+
+    # The children stop on the same SIGTERM as the service, and may outlive it by moments.
+    await wait_for(all_gone, "for the service's child processes to exit", timeout=30)

@@ -1,6 +1,5 @@
-"""A fold process's entry point (see `processes.py`), in a module of its own that imports
-next to nothing: the child must set where its metrics go before prometheus_client is
-imported, and unpickling its target imports this module first."""
+"""What a fold process runs (see `processes.py`), from its settings to its stop. Its
+imports are inside: the parent imports this module only to name the child's target."""
 
 from __future__ import annotations
 
@@ -11,11 +10,8 @@ from ..settings import ReportingSettings
 PARENT_CHECK_S = 1.0
 
 
-def fold_process_main(settings: ReportingSettings, index: int, parent: int,
-                      metrics_dir: str | None) -> None:
+def fold_process_main(settings: ReportingSettings, index: int, parent: int) -> None:
     """A child's whole life: fold until told to stop (SIGTERM, SIGINT) or orphaned."""
-    if metrics_dir is not None:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     import asyncio
 
     from turnout_kit.logging import configure_logging

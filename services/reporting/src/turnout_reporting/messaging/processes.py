@@ -55,6 +55,25 @@ CHECK_S = 1.0
 CHILD_METRICS = (FOLDED, BATCH_SECONDS, DEAD_LETTERED)
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """These environment variables set (None: unset) for what is started inside."""
+    before = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class FoldProcesses:
     """Starts `settings.fold_processes` fold processes and keeps them running."""
 
@@ -89,9 +108,13 @@ class FoldProcesses:
     def _spawn(self, index: int) -> None:
         process = self._context.Process(
             target=fold_process_main,
-            args=(self.settings, index, os.getpid(), self._metrics_dir),
+            args=(self.settings, index, os.getpid()),
             name=f"reporting-fold-{index}", daemon=False)
-        process.start()
+        # The child learns where to write its metrics from its environment, which it
+        # must have before it imports anything: a child re-imports the service's main
+        # module (and with it prometheus_client) before it runs its target.
+        with _environment(PROMETHEUS_MULTIPROC_DIR=self._metrics_dir):
+            process.start()
         self._processes[index] = process
         self._spawned_at[index] = time.monotonic()
 
