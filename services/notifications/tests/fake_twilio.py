@@ -22,7 +22,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import itertools
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -65,7 +64,11 @@ class FakeTwilio:
     refuse_with: tuple[int, int] | None = None
     # Hold each answer this long (seconds), to make the client time out.
     delay: float = 0.0
-    _sids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _sid_number: int = 1
+
+    def next_sid(self) -> str:
+        """The sid the next message accepted will get."""
+        return f"SM{self._sid_number:032x}"
 
     def outage(self) -> None:
         self.accept_limit = len(self.accepted)
@@ -134,7 +137,8 @@ def _app(fake: FakeTwilio) -> FastAPI:
         if not body or not sender:
             fake.calls.append(400)
             return _error(400, 21602, "Message body is required.")
-        sid = f"SM{next(fake._sids):032x}"
+        sid = fake.next_sid()
+        fake._sid_number += 1
         fake.accepted.append(SentSms(sid, to, sender, body,
                                      str(form["StatusCallback"]) if "StatusCallback" in form
                                      else None, request.headers.get("idempotency-key")))

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from turnout_notifications.db.tables import (
     confirmations,
+    early_receipts,
     messages,
     opt_outs,
     replies,
@@ -321,9 +322,8 @@ async def test_receipts_settle_each_message_once(
     assert (await receipt(ann, "delivered", SmsStatus="delivered")).status_code == 204
     assert (await receipt(ann, "failed", ErrorCode="30008")).status_code == 204
     assert (await receipt(bob, "undelivered", ErrorCode="30005")).status_code == 204
-    unknown = await receipt("SM" + "0" * 32, "delivered")
-    assert unknown.status_code == 404
-    assert unknown.headers["content-type"] == "application/problem+json"
+    # An id with no send recorded: kept for when it is (see the next test), nothing now.
+    assert (await receipt("SM" + "0" * 32, "delivered")).status_code == 202
     missing = await call(twilio_app, fake_twilio, STATUS, {"MessageSid": ann})
     assert missing.status_code == 422
     assert missing.json()["errors"] == [{"field": "MessageStatus", "message": "required"}]
@@ -336,6 +336,46 @@ async def test_receipts_settle_each_message_once(
     failed = await events(twilio_app, kafka_bootstrap, topics, "notifications.message-failed")
     assert [(e.key, e.data["error_code"], e.data["permanent"]) for e in failed] == [
         (str(seeded.ids["bob"]), "30005", True)]
+
+
+async def test_a_receipt_that_comes_before_its_send_is_recorded_settles_it_once_it_is(
+        twilio_app, fake_twilio, kafka_bootstrap, topics, fake_contacts, tokens, clock):
+    """The provider calls back about a text while the dispatcher has not yet recorded
+    the provider's answer to it: the receipt is kept and applied in the transaction that
+    records the send. A receipt whose send is never recorded goes after the replay
+    window."""
+    ctx = ctx_of(twilio_app)
+    first_sid = fake_twilio.next_sid()  # what the provider will call the next text
+    early = {"MessageSid": first_sid, "MessageStatus": "undelivered", "ErrorCode": "30005"}
+    assert (await call(twilio_app, fake_twilio, STATUS, early)).status_code == 202
+    # A "sent" receipt settles nothing, and is not kept.
+    assert (await call(twilio_app, fake_twilio, STATUS, {
+        "MessageSid": first_sid, "MessageStatus": "sent"})).status_code == 202
+    stray = {"MessageSid": "SM" + "f" * 32, "MessageStatus": "delivered"}
+    assert (await call(twilio_app, fake_twilio, STATUS, stray)).status_code == 202
+    assert await count(twilio_app, early_receipts) == 2
+
+    seeded, campaign = await texted(twilio_app, fake_twilio, kafka_bootstrap, topics,
+                                    fake_contacts, tokens)
+    to_of = {s.sid: s.to for s in fake_twilio.accepted}
+    failed_member = next(name for name, mobile in seeded.mobiles.items()
+                         if mobile == to_of[first_sid])
+    got = await counts(twilio_app, tokens, campaign)
+    assert (got["sent"], got["failed"], got["delivered"]) == (1, 1, 0)
+    failed = await events(twilio_app, kafka_bootstrap, topics, "notifications.message-failed")
+    assert [(e.key, e.data["error_code"], e.data["permanent"]) for e in failed] == [
+        (str(seeded.ids[failed_member]), "30005", True)]
+    sent = await events(twilio_app, kafka_bootstrap, topics, "notifications.reminder-sent")
+    assert len(sent) == 2  # the failed text was sent first, then failed
+    assert await count(twilio_app, early_receipts) == 1  # the stray one
+    # Its own receipt, coming now, changes nothing more.
+    late = {"MessageSid": first_sid, "MessageStatus": "delivered"}
+    assert (await call(twilio_app, fake_twilio, STATUS, late)).status_code == 204
+    assert (await counts(twilio_app, tokens, campaign))["delivered"] == 0
+
+    clock.advance(timedelta(days=ctx.settings.webhook_status_replay_days, seconds=1))
+    await purge_status_calls(ctx)
+    assert await count(twilio_app, early_receipts) == 0
 
 
 async def test_old_receipt_calls_are_forgotten_and_replaying_one_changes_nothing(

@@ -110,10 +110,15 @@ async def inbound_message(request: Request, ctx: Ctx) -> Response:
              openapi_extra=SIGNED_FORM)
 async def status_callback(request: Request, ctx: Ctx) -> Response:
     """A delivery receipt: delivered publishes message-delivered, failed or undelivered
-    message-failed, once per message. An unknown MessageSid is 404."""
+    message-failed, once per message. A MessageSid with no send recorded yet (the
+    provider can call back before the dispatcher has recorded its answer) is kept and
+    applied when the send is: 202."""
     params, digest = await verified_form(request, ctx, "status")
     _required(params, "MessageSid", "MessageStatus")
-    await inbound.record_receipt(ctx, provider_message_id=params["MessageSid"],
-                                 status=params["MessageStatus"],
-                                 error=params.get("ErrorCode") or None, digest=digest)
+    outcome = await inbound.record_receipt(ctx, provider_message_id=params["MessageSid"],
+                                           status=params["MessageStatus"],
+                                           error=params.get("ErrorCode") or None,
+                                           digest=digest)
+    if outcome.kind == "early":
+        return Response(status_code=status.HTTP_202_ACCEPTED)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -208,6 +208,19 @@ webhook_calls = sa.Table(
     sa.Index("webhook_calls_endpoint_received", "endpoint", "received_at"),
 )
 
+# A delivery receipt for a provider message id we have no record of yet: the provider
+# may call back before the dispatcher has recorded the send it just made (its answer and
+# the callback race). Kept until the send is recorded, which applies it in the same
+# transaction (service/receipts.py), or for the replay window if no send ever is.
+early_receipts = sa.Table(
+    "early_receipts", metadata,
+    sa.Column("provider_message_id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),  # the provider's word, as received
+    sa.Column("error", sa.Text),  # the provider's error code, if any
+    sa.Column("received_at", TZ, nullable=False),
+    sa.Index("early_receipts_received", "received_at"),
+)
+
 # One row per reply from a member we could identify, with its classified intent. Only an
 # unclassified reply keeps its text, sealed (AES-GCM, a key from settings), for a rep to
 # read; a classified one needs no text. The member's erasure removes the text and the

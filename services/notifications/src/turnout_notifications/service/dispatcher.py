@@ -42,11 +42,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,6 +72,7 @@ from . import audience
 from .audience import UNKNOWN_OUTCOME, Queued
 from .channels import ContactChannels, ContactsUnavailable, SmsChannel
 from .erasure import is_erased, lock_member
+from .receipts import apply_early_to_message, error_code
 
 log = structlog.get_logger("turnout.notifications.dispatcher")
 
@@ -127,15 +128,18 @@ def limiter_for(rate_per_second: float) -> RateLimit:
     return RateLimit(rate_per_second)
 
 
-def error_code(code: str) -> str:
-    """A provider's error code made into one of ours (events take codes, not text)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", code).strip("_.-")[:40]
-    return cleaned or "provider_error"
-
-
 def _open_parts(campaign_id: Any) -> sa.ColumnElement[bool]:
     return sa.exists().where(audience_parts.c.campaign_id == campaign_id,
                              audience_parts.c.taken < audience_parts.c.size)
+
+
+@dataclass(frozen=True)
+class _JustSent:
+    """A message just recorded as sent (what an early receipt settles)."""
+
+    message_id: uuid.UUID
+    member_id: uuid.UUID
+    status: str = "sent"
 
 
 class _ProviderDown(Exception):
@@ -253,10 +257,14 @@ class Dispatcher:
             if moved is None:
                 return False
             if to == "sent":
+                assert accepted is not None
                 uow.emit(ReminderSent(member_id=row.member_id, message_id=row.message_id,
                                       campaign_id=row.campaign_id, ballot_id=row.ballot_id,
                                       channel=MessageChannel.SMS),
                          occurred_at=row.attempted_at)
+                await apply_early_to_message(uow, accepted.provider_message_id,
+                                             _JustSent(row.message_id, row.member_id),
+                                             now=now)
             elif to == "failed":
                 assert error is not None  # a failure is always settled with its code
                 uow.emit(MessageFailed(member_id=row.member_id, message_id=row.message_id,
@@ -480,6 +488,10 @@ class Dispatcher:
             uow.emit(ReminderSent(member_id=message.member_id, message_id=message.message_id,
                                   campaign_id=campaign.campaign_id, ballot_id=message.ballot_id,
                                   channel=MessageChannel.SMS), occurred_at=now)
+            # Its receipt may have come while this was being recorded.
+            await apply_early_to_message(uow, accepted.provider_message_id,
+                                         _JustSent(message.message_id, message.member_id),
+                                         now=now)
             await uow.commit()
         return True
 

@@ -14,7 +14,8 @@ work with the record of the call (a replayed call finds it and changes nothing):
 - an unclassified reply keeps its text, sealed, for a rep to read (GET /v1/replies).
 
 Receipts move a sent message to delivered or failed once, with message-delivered or
-message-failed; later receipts for the same message change nothing.
+message-failed; later receipts for the same message change nothing. A receipt that comes
+before its send is recorded is kept until it is (service/receipts.py).
 
 No number, reply text or message body reaches a log line, an event or an exception.
 """
@@ -33,8 +34,6 @@ from sqlalchemy.dialects.postgresql import insert
 
 from turnout_events.common import MessageChannel
 from turnout_events.notifications import (
-    MessageDelivered,
-    MessageFailed,
     OptOutReceived,
     ReplyIntent,
     ReplyReceived,
@@ -43,25 +42,25 @@ from turnout_kit.auth import Caller
 from turnout_kit.problems import Problem
 
 from ..context import NotificationsContext
-from ..db.tables import confirmations, messages, opt_outs, replies, roll, webhook_calls
+from ..db.tables import (
+    confirmations,
+    early_receipts,
+    messages,
+    opt_outs,
+    replies,
+    roll,
+    webhook_calls,
+)
 from ..domain.replies import classify
 from ..providers.base import PermanentProviderError, TransientProviderError
-from . import paging
-from .dispatcher import error_code
+from . import paging, receipts
 from .erasure import is_erased, lock_member
+from .receipts import error_code
 
 log = structlog.get_logger("turnout.notifications.inbound")
 
 STOP_CONFIRMATION = ("You have unsubscribed and will get no more text messages from us. "
                      "Thank you.")
-# Delivery statuses that settle a message; the others (queued, sent, read, ...) say
-# nothing we record.
-DELIVERED = frozenset({"delivered"})
-FAILED = frozenset({"failed", "undelivered"})
-# Provider error codes that mean the number will never take a text: the event says so,
-# so contacts may clear has_mobile. (Twilio: unknown number, landline or unreachable
-# carrier, invalid number, not a mobile, blocked by the member.)
-PERMANENT_CODES = frozenset({"30005", "30006", "21211", "21614", "21610", "30004"})
 CONFIRMATION_BACKOFF = timedelta(seconds=30)
 
 
@@ -84,7 +83,8 @@ async def _record_call(session: Any, digest: bytes | None, endpoint: str,
 
 async def purge_status_calls(ctx: NotificationsContext, *, batch: int = 10_000) -> int:
     """Forget the delivery-receipt calls older than the replay window (see
-    `webhook_calls`), a batch per transaction; returns how many went."""
+    `webhook_calls`), a batch per transaction, and early receipts as old (see
+    `early_receipts`); returns how many went."""
     assert ctx.sessions is not None
     before = ctx.clock() - timedelta(days=ctx.settings.webhook_status_replay_days)
     purged = 0
@@ -99,7 +99,14 @@ async def purge_status_calls(ctx: NotificationsContext, *, batch: int = 10_000) 
                 .returning(webhook_calls.c.digest))).all())
         purged += gone
         if gone < batch:
-            return purged
+            break
+    # Early receipts whose send was never recorded here (an id of another sender on the
+    # same provider account, or a send whose record failed): nothing will claim them.
+    async with ctx.sessions() as session, session.begin():
+        purged += len((await session.execute(
+            sa.delete(early_receipts).where(early_receipts.c.received_at < before)
+            .returning(early_receipts.c.provider_message_id))).all())
+    return purged
 
 
 def replayed() -> Problem:
@@ -277,82 +284,63 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
     async with ctx.sessions() as session, session.begin():
         await session.execute(sa.update(confirmations).where(where)
                               .values(**values, updated_at=sa.func.now()))
+        if took:
+            await receipts.apply_early_to_confirmation(
+                session, accepted.provider_message_id,
+                _Sent(confirmation_id=confirmation_id))
     return 1 if took else 0
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A confirmation just recorded as sent (what its receipt settles)."""
+
+    confirmation_id: uuid.UUID
+    status: str = "sent"
 
 
 # -- delivery receipts --------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ReceiptOutcome:
-    kind: str  # "message" | "confirmation"
+    kind: str  # "message" | "confirmation" | "early" (no send recorded yet: kept)
     changed: bool  # whether this receipt settled it (and published, for a message)
 
 
 async def record_receipt(ctx: NotificationsContext, *, provider_message_id: str,
                          status: str, error: str | None,
                          digest: bytes | None = None) -> ReceiptOutcome:
-    """A delivery receipt: 404 problem for a message id we never had."""
+    """A delivery receipt. One for an id with no send recorded yet is kept, and applied
+    when the send is (service/receipts.py): outcome "early"."""
     now = ctx.clock()
-    status = status.strip().lower()
-    settles = "delivered" if status in DELIVERED else "failed" if status in FAILED else None
     async with ctx.uow() as uow:
         session = uow.session
         await _record_call(session, digest, "status", now)
+        await receipts.lock_receipt(session, provider_message_id)
         message = (await session.execute(
             sa.select(messages.c.message_id, messages.c.member_id, messages.c.status)
             .where(messages.c.provider_message_id == provider_message_id)
             .limit(1).with_for_update())).first()
         if message is None:
-            changed = await _confirmation_receipt(session, provider_message_id, settles,
-                                                  error)
+            confirmation = (await session.execute(
+                sa.select(confirmations.c.confirmation_id, confirmations.c.status)
+                .where(confirmations.c.provider_message_id == provider_message_id)
+                .limit(1).with_for_update())).first()
+            if confirmation is None:
+                await receipts.keep_early(session, provider_message_id, status, error, now)
+                await uow.commit()
+                log.info("inbound.receipt_early", settles=receipts.settles(status))
+                return ReceiptOutcome("early", False)
+            changed = await receipts.settle_confirmation(session, confirmation, status,
+                                                         error)
             await uow.commit()
             return ReceiptOutcome("confirmation", changed)
-        # Only a sent message settles, once: a second receipt, or a "failed" after
-        # "delivered", changes nothing.
-        changed = settles is not None and message.status == "sent"
-        if changed:
-            code = error_code(error) if error else None
-            await session.execute(sa.update(messages).where(
-                messages.c.message_id == message.message_id).values(
-                status=settles, error_code=code if settles == "failed" else None,
-                updated_at=sa.func.now()))
-            if settles == "delivered":
-                uow.emit(MessageDelivered(member_id=message.member_id,
-                                          message_id=message.message_id,
-                                          channel=MessageChannel.SMS, delivered_at=now),
-                         occurred_at=now)
-            else:
-                uow.emit(MessageFailed(member_id=message.member_id,
-                                       message_id=message.message_id,
-                                       channel=MessageChannel.SMS,
-                                       error_code=code or status,
-                                       permanent=(error or "") in PERMANENT_CODES,
-                                       failed_at=now), occurred_at=now)
+        changed = await receipts.settle_message(uow, message, status, error, now, now=now)
         await uow.commit()
     if changed:
-        log.info("inbound.receipt", message_id=str(message.message_id), status=settles,
-                 code=error_code(error) if error else None)
+        log.info("inbound.receipt", message_id=str(message.message_id),
+                 status=receipts.settles(status), code=error_code(error) if error else None)
     return ReceiptOutcome("message", changed)
-
-
-async def _confirmation_receipt(session: Any, provider_message_id: str, settles: str | None,
-                                error: str | None) -> bool:
-    found = (await session.execute(
-        sa.select(confirmations.c.confirmation_id, confirmations.c.status)
-        .where(confirmations.c.provider_message_id == provider_message_id)
-        .limit(1).with_for_update())).first()
-    if found is None:
-        raise Problem(404, detail="No message with this provider message id was sent from "
-                                  "here.")
-    # A confirmation's receipt is kept for the record only: it is not a reminder, and
-    # no event describes it.
-    if settles is None or found.status != "sent":
-        return False
-    await session.execute(sa.update(confirmations).where(
-        confirmations.c.confirmation_id == found.confirmation_id).values(
-        status=settles, error_code=error_code(error) if error and settles == "failed"
-        else None, updated_at=sa.func.now()))
-    return True
 
 
 # -- replies for reps -----------------------------------------------------------------------
