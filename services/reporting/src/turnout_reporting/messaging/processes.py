@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..projections.folder import BATCH_SECONDS, FOLDED
 from ..settings import ReportingSettings
@@ -49,9 +50,9 @@ STOP_GRACE_S = 20.0  # a batch in flight commits or is abandoned well within thi
 RESTART_INITIAL_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 CHECK_S = 1.0
-# The fold's own metrics (records folded, dead-lettered; batch times), which the
-# children count: on the service's /metrics through
-# prometheus_client's multiprocess mode (files in a folder of the parent's).
+# The fold's own metrics (records folded, dead-lettered; batch times), which the children
+# count: on the service's /metrics through prometheus_client's multiprocess mode (files
+# in a folder of the parent's).
 CHILD_METRICS = (FOLDED, BATCH_SECONDS, DEAD_LETTERED)
 
 
@@ -162,7 +163,8 @@ class FoldProcesses:
             REGISTRY.unregister(self._metrics)
             self._metrics = None
             for metric in CHILD_METRICS:
-                REGISTRY.register(metric)
+                with contextlib.suppress(ValueError):  # registered again already
+                    REGISTRY.register(metric)
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
             self._metrics_dir = None
@@ -177,7 +179,8 @@ class CommittedLag:
 
     REFRESH_S = 5.0
 
-    def __init__(self, settings: ReportingSettings, session_factory) -> None:
+    def __init__(self, settings: ReportingSettings,
+                 session_factory: async_sessionmaker[AsyncSession]) -> None:
         self.settings = settings
         topics = settings.topic_registry()
         self.group = group_id(topics)
