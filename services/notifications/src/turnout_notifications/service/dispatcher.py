@@ -46,7 +46,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -131,15 +130,6 @@ def limiter_for(rate_per_second: float) -> RateLimit:
 def _open_parts(campaign_id: Any) -> sa.ColumnElement[bool]:
     return sa.exists().where(audience_parts.c.campaign_id == campaign_id,
                              audience_parts.c.taken < audience_parts.c.size)
-
-
-@dataclass(frozen=True)
-class _JustSent:
-    """A message just recorded as sent (what an early receipt settles)."""
-
-    message_id: uuid.UUID
-    member_id: uuid.UUID
-    status: str = "sent"
 
 
 class _ProviderDown(Exception):
@@ -263,8 +253,8 @@ class Dispatcher:
                                       channel=MessageChannel.SMS),
                          occurred_at=row.attempted_at)
                 await apply_early_to_message(uow, accepted.provider_message_id,
-                                             _JustSent(row.message_id, row.member_id),
-                                             now=now)
+                                             message_id=row.message_id,
+                                             member_id=row.member_id, now=now)
             elif to == "failed":
                 assert error is not None  # a failure is always settled with its code
                 uow.emit(MessageFailed(member_id=row.member_id, message_id=row.message_id,
@@ -490,8 +480,8 @@ class Dispatcher:
                                   channel=MessageChannel.SMS), occurred_at=now)
             # Its receipt may have come while this was being recorded.
             await apply_early_to_message(uow, accepted.provider_message_id,
-                                         _JustSent(message.message_id, message.member_id),
-                                         now=now)
+                                         message_id=message.message_id,
+                                         member_id=message.member_id, now=now)
             await uow.commit()
         return True
 

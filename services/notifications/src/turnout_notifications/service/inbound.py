@@ -286,17 +286,8 @@ async def _send_confirmation(ctx: NotificationsContext, confirmation_id: uuid.UU
                               .values(**values, updated_at=sa.func.now()))
         if took:
             await receipts.apply_early_to_confirmation(
-                session, accepted.provider_message_id,
-                _Sent(confirmation_id=confirmation_id))
+                session, accepted.provider_message_id, confirmation_id=confirmation_id)
     return 1 if took else 0
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """A confirmation just recorded as sent (what its receipt settles)."""
-
-    confirmation_id: uuid.UUID
-    status: str = "sent"
 
 
 # -- delivery receipts --------------------------------------------------------------------

@@ -14,8 +14,9 @@ send finds the receipt.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -118,20 +119,31 @@ async def _take_early(session: Any, provider_message_id: str) -> Any:
                    early_receipts.c.received_at))).first()
 
 
-async def apply_early_to_message(uow: Any, provider_message_id: str, message: Any, *,
+class _JustSent(NamedTuple):
+    """A message or confirmation the caller has just recorded as sent."""
+
+    message_id: uuid.UUID | None = None
+    member_id: uuid.UUID | None = None
+    confirmation_id: uuid.UUID | None = None
+    status: str = "sent"
+
+
+async def apply_early_to_message(uow: Any, provider_message_id: str, *,
+                                 message_id: uuid.UUID, member_id: uuid.UUID,
                                  now: datetime) -> bool:
-    """Call in the transaction that records the send of `message` (now `sent`)."""
+    """Call in the transaction that records the send of a message (now `sent`)."""
     early = await _take_early(uow.session, provider_message_id)
     if early is None:
         return False
-    return await settle_message(uow, message, early.status, early.error, early.received_at,
-                                now=now)
+    return await settle_message(uow, _JustSent(message_id, member_id), early.status,
+                                early.error, early.received_at, now=now)
 
 
-async def apply_early_to_confirmation(session: Any, provider_message_id: str,
-                                      confirmation: Any) -> bool:
-    """Call in the transaction that records the send of `confirmation` (now `sent`)."""
+async def apply_early_to_confirmation(session: Any, provider_message_id: str, *,
+                                      confirmation_id: uuid.UUID) -> bool:
+    """Call in the transaction that records the send of a STOP confirmation."""
     early = await _take_early(session, provider_message_id)
     if early is None:
         return False
-    return await settle_confirmation(session, confirmation, early.status, early.error)
+    return await settle_confirmation(session, _JustSent(confirmation_id=confirmation_id),
+                                     early.status, early.error)
