@@ -80,6 +80,20 @@ async def assert_exact(client: httpx.AsyncClient, headers: dict,
             for b in timeline.json()["buckets"]} == truth_hours
 
 
+def service_process(monkeypatch, tmp_path, database_url: str, kafka_bootstrap: str, topics,
+                    **settings: str) -> tuple[services.ServiceSpec, dict[str, str]]:
+    """The reporting service as the local runtime starts it (`services.start(spec, env)`),
+    on a port, a state folder, a database and topics of the test's own; `settings` are
+    more of its environment variables."""
+    monkeypatch.setenv("TURNOUT_LOCAL_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORTING_HTTP_PORT", str(free_port()))
+    spec = next(s for s in services.SERVICES if s.name == "reporting")
+    env = {"REPORTING_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "TURNOUT_TOPIC_NAMESPACE": topics.namespace,
+           "TURNOUT_TOPIC_PARTITIONS": str(topics.partitions), **settings}
+    return spec, env
+
+
 @pytest.fixture
 async def reporting_db(database_url):
     """A plain connection to the reporting database, to watch the stored offsets."""
@@ -105,14 +119,9 @@ async def test_a_process_killed_with_sigkill_mid_stream_neither_loses_nor_double
     await publish(kafka_bootstrap, topics, envelopes)
     group = group_id(topics)
 
-    monkeypatch.setenv("TURNOUT_LOCAL_DIR", str(tmp_path))
-    monkeypatch.setenv("REPORTING_HTTP_PORT", str(free_port()))
-    spec = next(s for s in services.SERVICES if s.name == "reporting")
     # Small batches: the stream takes a few hundred transactions, so a kill lands in it.
-    env = {"REPORTING_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "TURNOUT_TOPIC_NAMESPACE": topics.namespace,
-           "TURNOUT_TOPIC_PARTITIONS": str(topics.partitions),
-           "REPORTING_FOLD_BATCH_SIZE": "20", "REPORTING_FOLD_POLL_MS": "50"}
+    spec, env = service_process(monkeypatch, tmp_path, database_url, kafka_bootstrap, topics,
+                                REPORTING_FOLD_BATCH_SIZE="20", REPORTING_FOLD_POLL_MS="50")
 
     def start() -> int:
         services.start(spec, env)

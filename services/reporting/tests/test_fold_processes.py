@@ -21,8 +21,8 @@ from services.reporting.tests.test_exactly_once import (
     _at_least,
     assert_exact,
     consumed,
-    free_port,
     reporting_db,  # noqa: F401  (a fixture, used by name)
+    service_process,
     synthetic,
     wait_for,
 )
@@ -52,14 +52,18 @@ def lag_lines(metrics: str, group: str) -> list[int]:
             if line.startswith(prefix)]
 
 
+def two_fold_processes(database_url: str, kafka_bootstrap: str, topics) -> ReportingSettings:
+    return ReportingSettings(
+        database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+        topic_namespace=topics.namespace, topic_partitions=topics.partitions,
+        fold_batch_size=50, fold_poll_ms=50, fold_processes=2)
+
+
 async def test_two_fold_processes_count_each_event_once_and_a_killed_one_is_replaced(
         database_url, reporting_db, kafka_bootstrap, tokens):  # noqa: F811
     topics = await create_topics(kafka_bootstrap, partitions=4)
     try:
-        settings = ReportingSettings(
-            database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
-            topic_namespace=topics.namespace, topic_partitions=topics.partitions,
-            fold_batch_size=50, fold_poll_ms=50, fold_processes=2)
+        settings = two_fold_processes(database_url, kafka_bootstrap, topics)
         group = group_id(topics)
         first_wave, first_events = synthetic(members=600, seed=61)
         second_wave, second_events = synthetic(members=1500, seed=62)
@@ -139,10 +143,7 @@ async def test_a_rebuild_beside_fold_processes_swaps_in_and_they_go_on_from_it(
     and go on from there, counting events that arrive after the swap exactly once."""
     topics = await create_topics(kafka_bootstrap, partitions=4)
     try:
-        settings = ReportingSettings(
-            database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
-            topic_namespace=topics.namespace, topic_partitions=topics.partitions,
-            fold_batch_size=50, fold_poll_ms=50, fold_processes=2)
+        settings = two_fold_processes(database_url, kafka_bootstrap, topics)
         group = group_id(topics)
         before, before_events = synthetic(members=500, seed=63)
         during, during_events = synthetic(members=800, seed=64)
@@ -177,14 +178,9 @@ async def test_the_service_process_as_the_local_runtime_runs_it_folds_in_two_chi
     processes fold (their records counted on the service's /metrics), and stopping the
     service leaves none behind."""
     ballot, envelopes = synthetic(members=400, seed=66)
-    monkeypatch.setenv("TURNOUT_LOCAL_DIR", str(tmp_path))
-    monkeypatch.setenv("REPORTING_HTTP_PORT", str(free_port()))
-    spec = next(s for s in services.SERVICES if s.name == "reporting")
-    env = {"REPORTING_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "TURNOUT_TOPIC_NAMESPACE": topics.namespace,
-           "TURNOUT_TOPIC_PARTITIONS": str(topics.partitions),
-           "REPORTING_FOLD_BATCH_SIZE": "50", "REPORTING_FOLD_POLL_MS": "50",
-           "REPORTING_FOLD_PROCESSES": "2"}
+    spec, env = service_process(monkeypatch, tmp_path, database_url, kafka_bootstrap, topics,
+                                REPORTING_FOLD_BATCH_SIZE="50", REPORTING_FOLD_POLL_MS="50",
+                                REPORTING_FOLD_PROCESSES="2")
     group = group_id(topics)
     services.start(spec, env)
     try:

@@ -15,8 +15,8 @@ from services.reporting.tests.events import publish
 from services.reporting.tests.test_exactly_once import (
     _at_least,
     assert_exact,
-    free_port,
     reporting_db,  # noqa: F401 - a fixture
+    service_process,
     synthetic,
     wait_for,
 )
@@ -30,13 +30,8 @@ async def test_the_rebuild_command_rebuilds_with_progress_and_ends_when_served(
         kafka_bootstrap, tokens):
     ballot, envelopes = synthetic(members=300, seed=71)
     await publish(kafka_bootstrap, topics, envelopes)
-    monkeypatch.setenv("TURNOUT_LOCAL_DIR", str(tmp_path))
-    monkeypatch.setenv("REPORTING_HTTP_PORT", str(free_port()))
-    spec = next(s for s in services.SERVICES if s.name == "reporting")
-    env = {"REPORTING_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "TURNOUT_TOPIC_NAMESPACE": topics.namespace,
-           "TURNOUT_TOPIC_PARTITIONS": str(topics.partitions),
-           "REPORTING_FOLD_BATCH_SIZE": "200"}
+    spec, env = service_process(monkeypatch, tmp_path, database_url, kafka_bootstrap, topics,
+                                REPORTING_FOLD_BATCH_SIZE="200")
     services.start(spec, env)
     try:
         services.wait_ready(spec, timeout=60)
