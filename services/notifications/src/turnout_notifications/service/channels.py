@@ -14,13 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
-import structlog
 
-from turnout_kit.auth import ServiceToken
+from turnout_kit.internal import InternalClient
 
 from ..settings import NotificationsSettings
-
-log = structlog.get_logger("turnout.notifications.channels")
 
 PATH = "/internal/v1/contact-channels"
 
@@ -39,31 +36,18 @@ class SmsChannel:
 class ContactChannels:
     def __init__(self, settings: NotificationsSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._settings = settings
-        self._client = httpx.AsyncClient(base_url=settings.contacts_url,
-                                         timeout=settings.contacts_timeout_seconds,
-                                         transport=transport)
-        self._token = ServiceToken(settings, "notifications")
+        self._batch = settings.contacts_batch_size
+        self._contacts = InternalClient(
+            settings, base_url=settings.contacts_url,
+            timeout=settings.contacts_timeout_seconds, subject="notifications",
+            peer="contacts", unavailable=ContactsUnavailable, transport=transport)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._contacts.aclose()
 
     async def sms(self, member_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, SmsChannel]:
-        found: dict[uuid.UUID, SmsChannel] = {}
-        size = self._settings.contacts_batch_size
-        for start in range(0, len(member_ids), size):
-            batch = [str(m) for m in member_ids[start:start + size]]
-            try:
-                response = await self._client.post(
-                    PATH, json={"member_ids": batch},
-                    headers=self._token.headers())
-            except httpx.HTTPError as exc:
-                log.warning("contacts_unreachable", error=type(exc).__name__)
-                raise ContactsUnavailable(type(exc).__name__) from None
-            if response.status_code != 200:
-                log.warning("contacts_refused", status=response.status_code)
-                raise ContactsUnavailable(f"status {response.status_code}")
-            for item in response.json()["items"]:
-                member_id = uuid.UUID(item["member_id"])
-                found[member_id] = SmsChannel(member_id, item["mobile"], item.get("first_name"))
-        return found
+        items = await self._contacts.items(PATH, "member_ids", [str(m) for m in member_ids],
+                                           batch=self._batch)
+        return {channel.member_id: channel for channel in (
+            SmsChannel(uuid.UUID(item["member_id"]), item["mobile"], item.get("first_name"))
+            for item in items)}
