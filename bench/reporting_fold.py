@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,18 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def until_folded(folded: Callable[[], Awaitable[int]], total: int, *,
+                       stall_seconds: float = 120) -> None:
+    """Return once `folded()` reaches `total`; raise if it stops moving for a while."""
+    last, last_at = 0, time.monotonic()
+    while (now := await folded()) < total:
+        if now != last:
+            last, last_at = now, time.monotonic()
+        elif time.monotonic() - last_at > stall_seconds:
+            raise RuntimeError(f"the fold stalled at {last} of {total} records")
+        await asyncio.sleep(0.05)  # sampling the progress, not a race fix
+
+
 async def fold_rate(settings: ReportingSettings, topics,
                     total: int) -> tuple[Measured, asyncpg.Pool]:
     await run_migrations(MIGRATIONS, settings.database_url)
@@ -153,13 +166,10 @@ async def fold_rate(settings: ReportingSettings, topics,
     await consumer.start()
     backends: set[int] = set()
     try:
-        last, last_at = 0, time.monotonic()
-        while consumer.folded < total:
-            await asyncio.sleep(0.05)  # sampling the counter, not a race fix
-            if consumer.folded != last:
-                last, last_at = consumer.folded, time.monotonic()
-            elif time.monotonic() - last_at > 120:
-                raise RuntimeError(f"the fold stalled at {last} of {total} records")
+        async def folded() -> int:
+            return consumer.folded
+
+        await until_folded(folded, total)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         async with pool.acquire() as conn:
             backends = {r[0] for r in await conn.fetch(
@@ -181,17 +191,11 @@ async def fold_rate_in_processes(settings: ReportingSettings, topics, total: int
     started = time.perf_counter()
     await processes.start()
     try:
-        last, last_at = 0, time.monotonic()
-        while True:
-            folded = await conn.fetchval("SELECT coalesce(sum(next_offset), 0) "
-                                         'FROM consumer_offsets WHERE "group" = $1', group)
-            if folded >= total:
-                break
-            if folded != last:
-                last, last_at = folded, time.monotonic()
-            elif time.monotonic() - last_at > 120:
-                raise RuntimeError(f"the fold stalled at {last} of {total} records")
-            await asyncio.sleep(0.05)  # sampling the offsets, not a race fix
+        async def stored() -> int:
+            return await conn.fetchval("SELECT coalesce(sum(next_offset), 0) "
+                                       'FROM consumer_offsets WHERE "group" = $1', group)
+
+        await until_folded(stored, total)
         elapsed = time.perf_counter() - started
         # Everything the fold processes spent, start-up included (spawning, imports).
         cpu = [_cpu_seconds(pid) for pid in processes.pids() if pid is not None]
