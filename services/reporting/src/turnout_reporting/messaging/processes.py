@@ -10,9 +10,8 @@ assignor; each batch commits with its offsets; a process that dies leaves its pa
 to the others until it is restarted).
 
     workers = FoldProcesses(settings)
-    await workers.start()   # spawns them, and restarts any that dies
-    ...
-    await workers.stop()    # SIGTERM, then SIGKILL after a grace period
+    await workers.start()   # spawns them, and restarts any that dies (the service starts)
+    await workers.stop()    # SIGTERM, then SIGKILL after a grace period (it stops)
 
 A child stops by itself when its parent is gone (killed without a chance to stop it):
 no fold is left running unsupervised. The children's fold metrics (records folded, batch
