@@ -182,6 +182,10 @@ class FoldConsumer:
             # A batch commits well within this; the margin is for a database that is
             # slow for a while.
             max_poll_interval_ms=300_000,
+            # Told of a rebalance within a second rather than three: when fold
+            # processes or instances start together, the first to join folds every
+            # partition alone until it hears of the others.
+            heartbeat_interval_ms=1000,
             # Partition n of every topic to the same instance: a member's events, on
             # partition n of each topic, are all folded by one instance (the default,
             # round robin, can split them, and two instances would write one member).

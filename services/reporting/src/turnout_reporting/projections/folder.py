@@ -35,13 +35,26 @@ from turnout_events.envelope import InvalidEvent
 
 from .decode import Event, EventDecoder
 from .fold import FoldResult, MemberStates, fold
-from .store import PartitionKey, Stored, commit_batch, load_states, take_offsets
+from .store import (
+    PartitionKey,
+    Stored,
+    commit_batch,
+    load_states,
+    stored_member_ids,
+    take_offsets,
+)
 
 log = structlog.get_logger("turnout.reporting.folder")
 
 FOLDED = Counter("reporting_events_folded_total", "Records folded (committed) by reporting")
 BATCH_SECONDS = Histogram("reporting_fold_batch_seconds", "One batch: decode, fold, commit",
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# Up to this many stored states, a folder taking partitions that others folded reads
+# every stored member id rather than asking about each member it meets (StoredMembers):
+# on a first fold, partitions change hands while the fold processes and instances join,
+# and most members met after that have no state yet.
+FRESH_LOAD_LIMIT = 250_000
 
 OnBatch = Callable[[FoldResult], Awaitable[None]]
 DeadLetter = Callable[[ConsumerRecord, str], Awaitable[None]]
@@ -98,19 +111,28 @@ class Folder:
         """Take these partitions (and only these) from their stored offsets; returns them.
         Call with no batch in flight (after `settle`)."""
         self._recent.forget()
+        numbers = {p for _, p in partitions}
         async with self.pool.acquire() as conn:
             taken = await take_offsets(conn, self.group, partitions)
-        stored = taken.offsets
-        # A partition number stays or becomes fresh (see StoredMembers) if nobody folded
-        # any of its topics since: from nothing, or from where this folder let them go.
-        fresh = set()
-        for number in {p for _, p in partitions}:
-            keys = [(topic, number) for topic in self.topics]
-            before = self._released or self.positions
-            if all(key in stored and stored[key] == (
-                    before.get(key, -1) if number in self._stored.fresh else 0)
-                   for key in keys):
-                fresh.add(number)
+            stored = taken.offsets
+            # A partition number stays or becomes fresh (see StoredMembers) if nobody
+            # folded any of its topics since: from nothing, or from where this folder
+            # let them go.
+            fresh = set()
+            for number in numbers:
+                keys = [(topic, number) for topic in self.topics]
+                before = self._released or self.positions
+                if all(key in stored and stored[key] == (
+                        before.get(key, -1) if number in self._stored.fresh else 0)
+                       for key in keys):
+                    fresh.add(number)
+            # Or if few states are stored yet: then every one of them goes into the
+            # filter, and it is complete for these partition numbers too.
+            if numbers - fresh:
+                every = await stored_member_ids(conn, FRESH_LOAD_LIMIT)
+                if every is not None:
+                    self._stored.add(every)
+                    fresh = numbers
         self._stored.fresh = fresh
         self._released = {}
         self.positions = dict(stored)
@@ -369,12 +391,13 @@ class StoredMembers:
     Exact where it matters, and cheap: a member's events all travel on one partition
     number (every topic is keyed by member id with the same partition count), so only a
     fold of that partition number ever writes their state. A partition number is
-    *fresh* while this process has folded it since nothing was folded from it, without
-    a break (`Folder.own` decides); for a fresh partition number, the members this
-    process ever wrote are all that can be stored, and it remembers them here in a Bloom
-    filter: "maybe stored" is sometimes wrong (the state is loaded and found missing, at
-    the cost of a query), "not stored" never is. 2 MiB; at a million members one in
-    seventy answers is a needless "maybe".
+    *fresh* while this process has folded it without a break since it knew every member
+    stored for it (`Folder.own` decides): since nothing was folded from it, or since it
+    read every stored member id into the filter on taking it (while there are few: see
+    FRESH_LOAD_LIMIT). For a fresh partition number, the members in the filter are all
+    that can be stored; the filter is a Bloom filter: "maybe stored" is sometimes wrong
+    (the state is loaded and found missing, at the cost of a query), "not stored" never
+    is. 2 MiB; at a million members one in seventy answers is a needless "maybe".
     """
 
     BITS = 1 << 24
@@ -390,7 +413,7 @@ class StoredMembers:
         bits = self._bits
         return bool(bits[a >> 3] & (1 << (a & 7))) and bool(bits[b >> 3] & (1 << (b & 7)))
 
-    def add(self, member_ids: set[str | None]) -> None:
+    def add(self, member_ids: Iterable[str | None]) -> None:
         bits, mask = self._bits, self.MASK
         for member_id in member_ids:
             h = hash(member_id)

@@ -93,6 +93,18 @@ async def take_offsets(conn: asyncpg.Connection, group: str,
     return Stored({k: stored.get(k, 0) for k in keys}, table)
 
 
+async def stored_member_ids(conn: asyncpg.Connection, limit: int) -> list[str] | None:
+    """Every member id the states are stored for (some maybe twice), or None if there
+    are more than `limit` of either kind of state."""
+    ids: list[str] = []
+    for table in ("member_states", "ballot_members"):
+        rows = await conn.fetch(f"SELECT member_id::text FROM {table} LIMIT $1", limit + 1)
+        if len(rows) > limit:
+            return None
+        ids += [r[0] for r in rows]
+    return ids
+
+
 async def load_states(conn: asyncpg.Connection, member_ids: list[str]) -> dict[str, MemberStates]:
     """Everything stored about these members (absent: nothing stored)."""
     states: dict[str, MemberStates] = {}

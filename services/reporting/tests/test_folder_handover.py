@@ -1,0 +1,116 @@
+"""Partitions that change hands early in a first fold, as they do while fold processes
+or instances join one after the other: the folder taking them over reads every stored
+member id (there are few yet) instead of asking the database about each member it
+meets, and the numbers stay exact — with the ids read, and without (too many stored)."""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+
+import asyncpg
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from turnout_reporting.main import MIGRATIONS
+from turnout_reporting.projections import folder as folder_module
+from turnout_reporting.projections.fold import COUNTS
+from turnout_reporting.projections.folder import Folder
+from turnout_reporting.projections.store import fold_pool
+from turnout_reporting.synthetic import generate_ballot
+
+from services.reporting.tests.events import as_envelope
+from turnout_events.relay import asyncpg_dsn
+from turnout_events.serde import encode
+from turnout_kit.db import run_migrations
+
+pytestmark = pytest.mark.integration
+
+GROUP = "handover.reporting"
+PARTITIONS = 2
+SOURCES = ("contacts", "ballots", "notifications")
+TOPICS = [f"handover.{source}.events" for source in SOURCES]
+CHUNK = 150  # records per partition per batch
+
+
+def records_by_partition(ballot) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """The ballot's events as a broker would hold them: keyed by member (or ballot), a
+    key on the same partition number of every topic."""
+    by_partition: dict[TopicPartition, list[ConsumerRecord]] = defaultdict(list)
+    for wire in ballot.events:
+        envelope = as_envelope(wire)
+        key = envelope.key.encode()
+        tp = TopicPartition(f"handover.{envelope.source}.events",
+                            zlib.crc32(key) % PARTITIONS)
+        value = encode(envelope)
+        records = by_partition[tp]
+        records.append(ConsumerRecord(
+            tp.topic, tp.partition, len(records),
+            int(envelope.occurred_at.timestamp() * 1000), 0, key, value, None, len(key),
+            len(value), ()))
+    return by_partition
+
+
+async def fold_through(folder: Folder, records: dict[TopicPartition, list[ConsumerRecord]],
+                       number: int, start: float, end: float) -> None:
+    """Fold partition `number`'s records from `start` to `end` (fractions of each
+    topic's records), in batches, each committed before the next is prepared."""
+    spans = {tp: (int(len(rs) * start), int(len(rs) * end))
+             for tp, rs in records.items() if tp.partition == number}
+    while any(lo < hi for lo, hi in spans.values()):
+        fetched = {}
+        for tp, (lo, hi) in spans.items():
+            if lo < hi:
+                fetched[tp] = records[tp][lo:min(hi, lo + CHUNK)]
+                spans[tp] = (lo + len(fetched[tp]), hi)
+        batch = await folder.prepare(fetched)
+        await folder.settle()
+        if batch is not None:
+            folder.start_commit(batch)
+    await folder.settle()
+
+
+async def numbers(database_url: str) -> dict[tuple, list[int]]:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rows = await conn.fetch("SELECT * FROM turnout WHERE eligible > 0")
+    finally:
+        await conn.close()
+    return {(r["ballot_id"], r["level"], r["group_code"], r["branch_code"],
+             r["workplace_code"]): [r[c] for c in COUNTS] for r in rows}
+
+
+async def no_dead_letters(record, error) -> None:
+    raise AssertionError(f"dead-lettered: {error}")
+
+
+@pytest.mark.parametrize("load_limit", [folder_module.FRESH_LOAD_LIMIT, 1],
+                         ids=["ids-read", "too-many-to-read"])
+async def test_partitions_taken_over_early_are_folded_exactly(database_url, monkeypatch,
+                                                              load_limit):
+    monkeypatch.setattr(folder_module, "FRESH_LOAD_LIMIT", load_limit)
+    ballot = generate_ballot(members=400, seed=11)
+    records = records_by_partition(ballot)
+    await run_migrations(MIGRATIONS, database_url)
+    pools = [await fold_pool(database_url, f"handover-{n}") for n in (1, 2)]
+    try:
+        first = Folder(pools[0], GROUP, TOPICS, no_dead_letters)
+        await first.own([(t, p) for t in TOPICS for p in range(PARTITIONS)])
+        assert first._stored.fresh == {0, 1}  # nothing folded yet
+        for number in range(PARTITIONS):
+            await fold_through(first, records, number, 0.0, 0.4)
+
+        # A second folder joins: partition number 1 moves to it.
+        first.release()
+        await first.own([(t, 0) for t in TOPICS])
+        second = Folder(pools[1], GROUP, TOPICS, no_dead_letters)
+        await second.own([(t, 1) for t in TOPICS])
+        assert first._stored.fresh == {0}  # its own, folded by nobody else since
+        # Folded by the first: fresh again only if every stored id could be read.
+        assert second._stored.fresh == ({1} if load_limit > 1 else set())
+
+        await fold_through(first, records, 0, 0.4, 1.0)
+        await fold_through(second, records, 1, 0.4, 1.0)
+    finally:
+        for pool in pools:
+            await pool.close()
+    assert await numbers(database_url) == ballot.truth
