@@ -8,7 +8,7 @@ event topics (they keep everything).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, UUID
 
 metadata = sa.MetaData()
 
@@ -126,8 +126,9 @@ turnout_changes = sa.Table(
     metadata,
     sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("ballot_id", UUID(as_uuid=True), nullable=False),
-    # {"rows": [turnout rows after the batch], "hours": [hourly buckets after it]}
-    sa.Column("changes", JSONB, nullable=False),
+    # {"rows": [turnout rows after the batch], "hours": [hourly buckets after it]}, as
+    # text (json): only ever read back whole, to be sent on.
+    sa.Column("changes", JSON, nullable=False),
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
     sa.Index("turnout_changes_ballot_seq", "ballot_id", "seq"),
