@@ -16,6 +16,11 @@ CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 """An organisational or technical code (group, branch, workplace, grade, error code)."""
 
+# A union's membership number, as contacts' roster imports take it and ballots'
+# scrutineer lists may name members by it (matched through contacts). Never in an
+# event: it names a person outside Turnout, where a member id does not.
+MEMBERSHIP_NUMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9/_.-]{0,39}$"
+
 # Version counters and counts are plain non-negative integers with an explicit floor.
 MemberVersion = Annotated[int, Field(ge=1, description=(
     "Per-member counter, incremented by the contacts service on every change to the "

@@ -14,10 +14,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from turnout_events.common import MEMBERSHIP_NUMBER_PATTERN
+
 MEMBER_ID = "member_id"
 MEMBERSHIP_NUMBER = "membership_number"
-# The contacts service's rule for a membership number (domain/roster.py there).
-_MEMBERSHIP_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.-]{0,39}")
+_MEMBERSHIP_NUMBER = re.compile(MEMBERSHIP_NUMBER_PATTERN)
 
 
 class InvalidList(ValueError):

@@ -23,7 +23,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import NamedTuple
 
-from turnout_events.common import CODE_PATTERN, Placement
+from turnout_events.common import CODE_PATTERN, MEMBERSHIP_NUMBER_PATTERN, Placement
 from turnout_events.privacy import contact_kind
 
 from .crypto import BlindIndex
@@ -42,7 +42,7 @@ MAX_NAME_LENGTH = 100
 MAX_MOBILE_LENGTH = 40
 MAX_EMAIL_LENGTH = 320
 
-_MEMBERSHIP_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.-]{0,39}")
+_MEMBERSHIP_NUMBER = re.compile(MEMBERSHIP_NUMBER_PATTERN)
 _CODE = re.compile(CODE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
