@@ -15,7 +15,7 @@ from turnout_reporting.main import MIGRATIONS
 from turnout_reporting.projections import folder as folder_module
 from turnout_reporting.projections.fold import COUNTS
 from turnout_reporting.projections.folder import Folder
-from turnout_reporting.projections.store import fold_pool
+from turnout_reporting.projections.store import fold_pool, stored_member_ids
 from turnout_reporting.synthetic import generate_ballot
 
 from services.reporting.tests.events import as_envelope
@@ -114,3 +114,23 @@ async def test_partitions_taken_over_early_are_folded_exactly(database_url, monk
         for pool in pools:
             await pool.close()
     assert await numbers(database_url) == ballot.truth
+
+
+async def test_stored_ids_are_read_only_while_few(database_url):
+    await run_migrations(MIGRATIONS, database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO member_states SELECT gen_random_uuid(), 1, true, false, false, 1, "
+            "'G1', 'B1', NULL FROM generate_series(1, 50)")
+        assert len(await stored_member_ids(conn, 100)) == 50
+        assert await stored_member_ids(conn, 49) is None  # read, and found too many
+        # Estimated (by the last ANALYZE) at more than twice the limit: not read at all,
+        # even though most have gone since.
+        await conn.execute("ANALYZE member_states")
+        await conn.execute("DELETE FROM member_states WHERE member_id IN "
+                           "(SELECT member_id FROM member_states LIMIT 45)")
+        assert await stored_member_ids(conn, 20) is None
+        assert len(await stored_member_ids(conn, 30)) == 5  # 50 is not above 60
+    finally:
+        await conn.close()

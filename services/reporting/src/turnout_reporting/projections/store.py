@@ -96,6 +96,13 @@ async def take_offsets(conn: asyncpg.Connection, group: str,
 async def stored_member_ids(conn: asyncpg.Connection, limit: int) -> list[str] | None:
     """Every member id the states are stored for (some maybe twice), or None if there
     are more than `limit` of either kind of state."""
+    # The planner's row estimates first, so that a large install (a restart, a
+    # rebalance) is not read `limit` rows deep for nothing; -1 until first analysed.
+    estimate = await conn.fetchval(
+        "SELECT max(reltuples) FROM pg_class "
+        "WHERE oid IN ('member_states'::regclass, 'ballot_members'::regclass)")
+    if estimate is not None and estimate > 2 * limit:
+        return None
     ids: list[str] = []
     for table in ("member_states", "ballot_members"):
         rows = await conn.fetch(f"SELECT member_id::text FROM {table} LIMIT $1", limit + 1)
