@@ -1,3 +1,3 @@
 """Fixtures shared by every test directory (tests/, libs/, services/*/tests)."""
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.identity"]

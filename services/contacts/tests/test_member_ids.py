@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
+from turnout_contacts.main import create_contacts_app
 
 from services.contacts.tests.seed import seed_member
+from tests.support.identity import idp_token
+from tests.support.services import running
+from turnout_kit.auth import ServiceToken
+from turnout_kit.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +48,30 @@ async def test_only_services_may_ask_and_only_so_much_at_once(contacts_app, toke
         PATH, json={"membership_numbers": [f"M{i}" for i in range(10_001)]},
         headers=tokens("service", subject="ballots"))
     assert too_many.status_code == 422
+
+
+async def test_with_an_identity_provider_services_still_ask_with_their_own_tokens(
+        contacts_settings, jwks_url, rsa_key, tokens):
+    """In production people's tokens come from the identity provider (TURNOUT_JWKS_URL);
+    ballots asking contacts for member ids signs with the service secret."""
+    secret = "a-service-secret-shared-by-the-four-services"
+    settings = contacts_settings.model_copy(
+        update={"jwks_url": jwks_url, "service_secret": SecretStr(secret)})
+    app = create_contacts_app(settings)
+    async with running(app, "http://contacts") as contacts:
+        member = await seed_member(app.state.ctx, number="M3001")
+        ballots = ServiceToken(ServiceSettings(jwks_url=jwks_url, service_secret=secret),
+                               "ballots")
+        body = {"membership_numbers": ["M3001"]}
+
+        answered = await contacts.post(PATH, json=body, headers=ballots.headers())
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["items"] == [{"membership_number": "M3001",
+                                             "member_id": str(member)}]
+        # A person from the provider is who they are, and not a service.
+        person = {"Authorization": f"Bearer {idp_token(rsa_key, role='national')}"}
+        assert (await contacts.post(PATH, json=body, headers=person)).status_code == 403
+        # The shared development secret signs nothing here any more.
+        refused = await contacts.post(PATH, json=body,
+                                      headers=tokens("service", subject="ballots"))
+        assert refused.status_code == 401

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -16,12 +13,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import APIRouter, Depends
 
+from tests.support.identity import idp_token
 from turnout_kit.app import create_app
 from turnout_kit.auth import (
+    SERVICE_ISSUER,
     Caller,
     CurrentCaller,
     InvalidToken,
     Role,
+    ServiceToken,
     TokenVerifier,
     issue_token,
     require_roles,
@@ -204,48 +204,14 @@ def test_a_full_cache_still_verifies_every_token() -> None:
 
 # -- JWKS (OIDC) -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def jwks_url(rsa_key: rsa.RSAPrivateKey) -> Iterator[str]:
-    """A tiny JWKS endpoint on 127.0.0.1, like an identity provider's."""
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
-    body = json.dumps({"keys": [{**jwk, "kid": "key-1", "alg": "RS256", "use": "sig"}]})
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def idp_token(key: Any, kid: str = "key-1", alg: str = "RS256", **claims: Any) -> str:
-    now = datetime.now(UTC)
-    payload = {"sub": "org-9", "role": "organiser", "group_codes": ["G3"], "iss": ISS,
-               "aud": AUD, "iat": now, "exp": now + timedelta(minutes=5), **claims}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+SERVICE_SECRET = "a-service-secret-of-forty-or-so-characters-0123"
 
 
 async def test_jwks_tokens_are_verified_against_the_providers_keys(
     jwks_url: str, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    v = TokenVerifier.from_settings(ServiceSettings(jwks_url=jwks_url))
+    v = TokenVerifier.from_settings(ServiceSettings(jwks_url=jwks_url,
+                                                    service_secret=SERVICE_SECRET))
     assert v.uses_jwks
     caller = await v.verify_async(idp_token(rsa_key))
     assert caller == Caller("org-9", Role.organiser, frozenset(), frozenset({"G3"}))
@@ -262,6 +228,45 @@ async def test_jwks_mode_refuses_shared_secret_and_foreign_keys(jwks_url: str) -
         await v.verify_async(idp_token(stranger))  # right kid, wrong key
     with pytest.raises(InvalidToken):
         await v.verify_async(idp_token(stranger, kid="key-2"))  # unknown kid
+
+
+async def test_with_jwks_the_services_call_each_other_with_the_service_secret(
+    jwks_url: str, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """People's tokens come from the identity provider; the services' own calls (a
+    reminder fetching a number from contacts) carry tokens the service secret signs."""
+    settings = ServiceSettings(jwks_url=jwks_url, service_secret=SERVICE_SECRET)
+    v = TokenVerifier.from_settings(settings)
+    token = ServiceToken(settings, "notifications").headers()["Authorization"].removeprefix(
+        "Bearer ")
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    caller = await v.verify_async(token)
+    assert caller.role is Role.service and caller.subject == "notifications"
+    assert v.verify(token) == caller
+    # The provider's tokens are still checked against its keys by the same verifier.
+    assert (await v.verify_async(idp_token(rsa_key))).role is Role.organiser
+
+
+async def test_the_service_secret_cannot_mint_a_token_for_a_person(jwks_url: str) -> None:
+    v = TokenVerifier(jwks_url=jwks_url, service_secret=SERVICE_SECRET, issuer=ISS,
+                      audience=AUD)
+    for token in (
+        # Another role, signed with the service secret.
+        issue_token(SERVICE_SECRET, "admin", "someone", issuer=SERVICE_ISSUER, audience=AUD),
+        issue_token(SERVICE_SECRET, "national", "someone", issuer=SERVICE_ISSUER,
+                    audience=AUD),
+        # A service token under the people's issuer, or signed with another secret.
+        issue_token(SERVICE_SECRET, "service", "svc", issuer=ISS, audience=AUD),
+        issue_token(TEST_SECRET, "service", "svc", issuer=SERVICE_ISSUER, audience=AUD),
+    ):
+        with pytest.raises(InvalidToken):
+            await v.verify_async(token)
+    # Without a JWKS there is no service secret: the shared secret signs everything.
+    plain = TokenVerifier(secret=TEST_SECRET, service_secret=SERVICE_SECRET, issuer=ISS,
+                          audience=AUD)
+    with pytest.raises(InvalidToken):
+        plain.verify(issue_token(SERVICE_SECRET, "service", "svc", issuer=SERVICE_ISSUER,
+                                 audience=AUD))
 
 
 def test_es256_with_an_injected_key_source() -> None:

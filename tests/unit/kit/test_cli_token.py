@@ -6,7 +6,7 @@ import jwt
 import pytest
 
 from turnout_kit.auth import Role, TokenVerifier
-from turnout_kit.cli_token import token_command
+from turnout_kit.cli_token import cli_bearer, token_command
 from turnout_kit.settings import ServiceSettings
 
 from .conftest import TEST_SECRET
@@ -49,5 +49,18 @@ def test_refused_when_services_expect_identity_provider_tokens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TURNOUT_JWKS_URL", "https://idp.example/jwks")
-    with pytest.raises(ValueError, match="identity provider"):
+    monkeypatch.setenv("TURNOUT_SERVICE_SECRET", "s" * 40)
+    with pytest.raises(ValueError, match="only accept tokens from the identity provider"):
         token_command("national")
+
+
+def test_cli_commands_send_a_providers_token_when_given_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TURNOUT_JWKS_URL", "https://idp.example/jwks")
+    monkeypatch.setenv("TURNOUT_SERVICE_SECRET", "s" * 40)
+    monkeypatch.delenv("TURNOUT_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="set TURNOUT_TOKEN"):
+        cli_bearer("admin", subject="cli-rebuild")
+    monkeypatch.setenv("TURNOUT_TOKEN", "eyJ.from-the-provider.sig\n")
+    assert cli_bearer("admin", subject="cli-rebuild") == "eyJ.from-the-provider.sig"

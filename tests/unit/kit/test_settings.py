@@ -160,10 +160,26 @@ def test_no_warning_when_a_secret_or_jwks_is_configured(
     with caplog.at_level(logging.WARNING, logger="turnout_kit.settings"):
         PlainSettings(jwt_secret=TEST_SECRET)
         monkeypatch.setenv("TURNOUT_JWKS_URL", "https://idp.example/jwks")
+        monkeypatch.setenv("TURNOUT_SERVICE_SECRET", "s" * 40)
         s = PlainSettings()
     assert s.jwks_url == "https://idp.example/jwks"
     assert not s.uses_development_jwt_secret
     assert caplog.records == []
+
+
+def test_an_identity_provider_needs_a_service_secret_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without one, the services could not call one another (no reminder could be
+    sent): refused at start-up, with what to set and no value in the message."""
+    monkeypatch.setenv("TURNOUT_JWKS_URL", "https://idp.example/jwks")
+    with pytest.raises(ValidationError, match="TURNOUT_SERVICE_SECRET must be set"):
+        PlainSettings()
+    monkeypatch.setenv("TURNOUT_SERVICE_SECRET", "too-short-secret")
+    with pytest.raises(ValidationError) as refused:
+        PlainSettings()
+    assert "at least 32 characters" in str(refused.value)
+    assert "too-short-secret" not in str(refused.value)
 
 
 def test_log_level_is_normalised_and_checked() -> None:

@@ -3,7 +3,10 @@
 Locally, tokens are HS256 JWTs signed with the shared secret (`turnout token ...`
 prints one). In production they come from an OIDC provider and are checked against its
 JWKS (`jwks_url`); then the shared secret is not accepted at all, so a leaked
-development secret cannot mint production tokens.
+development secret cannot mint production tokens. The services' own calls to one
+another (`ServiceToken`) are then HS256 tokens signed with the service secret
+(`service_secret`), with an issuer of their own, and good only for the `service` role:
+that secret cannot mint a token for a person.
 
 Claims: `sub`, `role` (one of `Role`), `branch_codes` and `group_codes` (lists of
 codes; named so they cannot be confused with an identity provider's own `groups`),
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("turnout_kit.auth")
 
 DEFAULT_ISSUER = "turnout-local"
+# The issuer of the services' own tokens when people's come from an identity provider.
+SERVICE_ISSUER = "turnout-services"
 DEFAULT_AUDIENCE = "turnout"
 DEFAULT_TTL = timedelta(hours=12)
 HS_ALGORITHMS = ("HS256",)
@@ -174,8 +179,14 @@ class ServiceToken:
         now = datetime.now(UTC)
         if self._token is None or self._expires - now < self.TTL / 4:
             s = self._settings
-            self._token = issue_token(s.jwt_secret, Role.service, self._subject, ttl=self.TTL,
-                                      issuer=s.jwt_issuer, audience=s.jwt_audience, now=now)
+            if s.jwks_url is not None:
+                if s.service_secret is None:  # the settings refuse this; for type checkers
+                    raise ValueError("no service secret to sign service tokens with")
+                key, issuer = s.service_secret, SERVICE_ISSUER
+            else:
+                key, issuer = s.jwt_secret, s.jwt_issuer
+            self._token = issue_token(key, Role.service, self._subject, ttl=self.TTL,
+                                      issuer=issuer, audience=s.jwt_audience, now=now)
             self._expires = now + self.TTL
         return {"Authorization": f"Bearer {self._token}"}
 
@@ -203,6 +214,7 @@ class TokenVerifier:
         audience: str = DEFAULT_AUDIENCE,
         jwks_url: str | None = None,
         jwks_client: SigningKeySource | None = None,
+        service_secret: str | SecretStr | None = None,
         algorithms: Sequence[str] | None = None,
         leeway: float = LEEWAY_SECONDS,
         cache_size: int = TOKEN_CACHE_SIZE,
@@ -216,6 +228,9 @@ class TokenVerifier:
             raise ValueError("a TokenVerifier needs a secret or a JWKS")
         self._jwks = jwks_client
         self._secret = None if jwks_client is not None or secret is None else _secret(secret)
+        # With a JWKS: the services' own HS256 tokens (see the module docstring).
+        self._service_secret = (_secret(service_secret) if jwks_client is not None
+                                and service_secret is not None else None)
         self.issuer = issuer
         self.audience = audience
         self.algorithms = list(
@@ -235,6 +250,7 @@ class TokenVerifier:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             jwks_url=settings.jwks_url,
+            service_secret=settings.service_secret,
         )
 
     @property
@@ -247,6 +263,8 @@ class TokenVerifier:
         cached = self._cached(token)
         if cached is not None:
             return cached
+        if self._from_a_service(token):
+            return self._decode_service(token)
         key: Any = self._secret
         if self._jwks is not None:
             try:
@@ -261,7 +279,24 @@ class TokenVerifier:
             return cached
         if self._jwks is None:
             return self._decode(token, self._secret)  # pure CPU, microseconds
+        if self._from_a_service(token):
+            return self._decode_service(token)  # pure CPU too
         return await asyncio.to_thread(self.verify, token)
+
+    def _from_a_service(self, token: str) -> bool:
+        """With a JWKS, whether the token says it is a service's own (HS256): it is then
+        checked against the service secret only, never against the provider's keys,
+        and the provider's algorithms are never tried with the secret."""
+        if self._service_secret is None:
+            return False
+        try:
+            return jwt.get_unverified_header(token).get("alg") in HS_ALGORITHMS
+        except jwt.PyJWTError:
+            return False
+
+    def _decode_service(self, token: str) -> Caller:
+        return self._decode(token, self._service_secret, algorithms=HS_ALGORITHMS,
+                            issuer=SERVICE_ISSUER, only=Role.service)
 
     def _cached(self, token: str) -> Caller | None:
         """The caller of a token verified before, until the token's `exp` - never
@@ -291,20 +326,23 @@ class TokenVerifier:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
-    def _decode(self, token: str, key: Any) -> Caller:
+    def _decode(self, token: str, key: Any, *, algorithms: Sequence[str] | None = None,
+                issuer: str | None = None, only: Role | None = None) -> Caller:
         try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=self.algorithms,
+                algorithms=list(algorithms or self.algorithms),
                 audience=self.audience,
-                issuer=self.issuer,
+                issuer=issuer or self.issuer,
                 leeway=self.leeway,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from exc
         caller = caller_from_claims(claims)
+        if only is not None and caller.role is not only:
+            raise InvalidToken(f"this key signs {only.value} tokens only")
         self._remember(token, caller, claims.get("exp"))
         return caller
 

@@ -59,6 +59,7 @@ SHARED_ENV: dict[str, str] = {
     "jwt_issuer": "TURNOUT_JWT_ISSUER",
     "jwt_audience": "TURNOUT_JWT_AUDIENCE",
     "jwks_url": "TURNOUT_JWKS_URL",
+    "service_secret": "TURNOUT_SERVICE_SECRET",
     "http_host": "TURNOUT_HTTP_HOST",
     "max_body_bytes": "TURNOUT_MAX_BODY_BYTES",
     "log_level": "TURNOUT_LOG_LEVEL",
@@ -144,6 +145,10 @@ class ServiceSettings(BaseSettings):
     # When set, bearer tokens are RS256/ES256 tokens from an OIDC provider, checked
     # against its published keys; the shared secret is not accepted at all.
     jwks_url: str | None = None
+    # With a JWKS, the key the services sign their calls to one another with (the
+    # identity provider's tokens are for people): required then, and good only for
+    # tokens of the `service` role. Without a JWKS, the shared secret serves.
+    service_secret: SecretStr | None = Field(default=None, repr=False)
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
@@ -182,10 +187,10 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"log level must be one of {', '.join(_LOG_LEVELS)}")
         return level
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "service_secret")
     @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < MIN_JWT_SECRET_LENGTH:
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_JWT_SECRET_LENGTH:
             # The message must not include the value: this error may be printed or logged.
             raise ValueError(
                 f"must be at least {MIN_JWT_SECRET_LENGTH} characters (HS256 needs a "
@@ -193,6 +198,15 @@ class ServiceSettings(BaseSettings):
                 "print(secrets.token_urlsafe(48))'`"
             )
         return value
+
+    @model_validator(mode="after")
+    def _services_can_call_each_other(self) -> ServiceSettings:
+        if self.jwks_url is not None and self.service_secret is None:
+            raise ValueError(
+                "TURNOUT_SERVICE_SECRET must be set with TURNOUT_JWKS_URL: the services "
+                "sign their calls to one another with it (the identity provider's tokens "
+                "are for people); use the same value for every service")
+        return self
 
     @model_validator(mode="after")
     def _warn_about_development_secret(self) -> ServiceSettings:

@@ -85,11 +85,11 @@ def import_command(
     )
     from rich.table import Table
 
-    from turnout_kit.cli_token import token_command
+    from turnout_kit.cli_token import cli_bearer
 
     console = Console(stderr=True)
     try:
-        token = token_command("national", subject="cli-import")
+        token = cli_bearer("national", subject="cli-import")
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -36,11 +36,11 @@ def rebuild_command(
         TimeRemainingColumn,
     )
 
-    from turnout_kit.cli_token import token_command
+    from turnout_kit.cli_token import cli_bearer
 
     console = Console(stderr=True)
     try:
-        token = token_command("admin", subject="cli-rebuild")
+        token = cli_bearer("admin", subject="cli-rebuild")
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
