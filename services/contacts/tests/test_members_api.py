@@ -129,19 +129,35 @@ async def test_moving_a_member_publishes_member_moved(contacts_app, tokens, topi
     assert bad.status_code == 422
 
 
-async def test_a_rep_moving_a_member_out_of_their_branches_gets_204(contacts_app, tokens,
-                                                                     topics, kafka_bootstrap):
-    """The move is done and published; the member is simply no longer the rep's to read
-    (was a 500: the route had no body to answer with)."""
-    member_id = await seed_member(ctx_of(contacts_app), branch="B1")
-    rep = tokens("rep", branches=["B1"])
-    response = await contacts_app.patch(f"/v1/members/{member_id}/placement",
-                                        json={"branch_code": "B2"}, headers=rep)
-    assert response.status_code == 204, response.text
-    [record] = await published(contacts_app, kafka_bootstrap, topics)
-    assert decode(record.value).data["placement"]["branch_code"] == "B2"
-    gone = await contacts_app.get(f"/v1/members/{member_id}", headers=rep)
-    assert gone.status_code == 404
+async def test_members_are_moved_only_within_the_callers_own_branches_or_groups(
+        contacts_app, tokens, topics, kafka_bootstrap):
+    """A move takes the member's counts with them: a rep moving their branch's
+    non-voters away would raise its turnout. Reps move within their branches, organisers
+    within their groups; a refused move changes and publishes nothing."""
+    member_id = await seed_member(ctx_of(contacts_app), group="G1", branch="B1")
+    url = f"/v1/members/{member_id}/placement"
+    rep = tokens("rep", branches=["B1", "B3"])
+    organiser = tokens("organiser", groups=["G1"])
+    for headers, move in ((rep, {"branch_code": "B2"}),
+                          (rep, {"group_code": "G9", "branch_code": "B9"}),
+                          (organiser, {"group_code": "G9", "branch_code": "B9"})):
+        refused = await contacts_app.patch(url, json=move, headers=headers)
+        assert refused.status_code == 403, (move, refused.text)
+        assert "transfer" in refused.json()["detail"]
+    assert (await contacts_app.get(f"/v1/members/{member_id}", headers=rep)
+            ).json()["placement"]["branch_code"] == "B1"
+
+    within = await contacts_app.patch(url, json={"branch_code": "B3"}, headers=rep)
+    assert within.status_code == 200, within.text
+    transfer = await contacts_app.patch(url, json={"branch_code": "B2"}, headers=organiser)
+    assert transfer.status_code == 200 and transfer.json()["placement"]["branch_code"] == "B2"
+    moves = [decode(r.value).data["placement"]["branch_code"]
+             for r in await published(contacts_app, kafka_bootstrap, topics)]
+    assert moves == ["B3", "B2"]  # and nothing for the refused ones
+    national = tokens("national")
+    across = await contacts_app.patch(url, json={"group_code": "G9", "branch_code": "B9"},
+                                      headers=national)
+    assert across.status_code == 200, across.text
 
 
 async def test_do_not_contact_withdraws_consent(contacts_app, tokens, topics, kafka_bootstrap):

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from turnout_events.contacts import ConversationChannel, ConversationOutcome
@@ -121,8 +121,9 @@ async def patch_contact(member_id: uuid.UUID, body: ContactPatch, ctx: Ctx,
 
 
 @router.patch("/members/{member_id}/placement", response_model=MemberOut, responses={
-    204: {"description": "Moved out of the caller's scope: done, and no longer theirs to "
-                         "read."}})
+    403: {"description": "The new placement is outside the caller's branches (a rep) or "
+                         "groups (an organiser): transfers go through whoever holds both "
+                         "ends."}})
 async def patch_placement(member_id: uuid.UUID, body: PlacementPatch, ctx: Ctx,
                           caller: CurrentCaller) -> Any:
     _people_only(caller)
@@ -136,11 +137,7 @@ async def patch_placement(member_id: uuid.UUID, body: PlacementPatch, ctx: Ctx,
     await commands.update_placement(
         ctx, caller, member_id,
         **{name: getattr(body, name) for name in given})
-    # A rep who moved a member out of their branches can no longer read them.
-    try:
-        return await queries.get_member(ctx, caller, member_id)
-    except Problem:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return await queries.get_member(ctx, caller, member_id)
 
 
 @router.post("/members/{member_id}/conversations", response_model=ConversationOut,

@@ -26,7 +26,7 @@ from turnout_events.contacts import (
     MemberContacted,
     MemberMoved,
 )
-from turnout_kit.auth import Caller
+from turnout_kit.auth import Caller, Role
 from turnout_kit.problems import Problem
 
 from ..context import ContactsContext
@@ -130,6 +130,15 @@ async def update_placement(ctx: ContactsContext, caller: Caller, member_id: uuid
             raise Problem(422, detail=str(exc)) from None
         if after_placement == before:
             return member
+        if not caller.can_see(after_placement.group_code, after_placement.branch_code):
+            # Moving a member out of the caller's own branches (or groups) would take
+            # their counts with them: a branch's turnout could be raised by moving its
+            # non-voters away. Transfers go through whoever holds both ends.
+            raise Problem(403, detail=(
+                "You can move members only within your own branches; an organiser of "
+                "the group can transfer them to another branch." if caller.role is Role.rep
+                else "You can move members only within your own groups; the national team "
+                "can transfer them to another group."))
         after = member.bumped(placement=after_placement)
         await uow.session.execute(
             sa.update(members).where(members.c.member_id == member_id)
