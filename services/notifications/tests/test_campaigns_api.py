@@ -69,6 +69,7 @@ async def test_national_creates_a_campaign_with_defaults(notifications_app, ball
     ({"schedule": []}, "schedule"),
     ({"channel": "email"}, "channel"),
     ({"max_per_day": 0}, "max_per_day"),
+    ({"max_per_day": 2}, "max_per_day"),  # never twice in a day, as deployed by default
     ({"quiet_hours": {"start": "21:00", "end": "09:00", "timezone": "Mars/Olympus"}},
      "quiet_hours.timezone"),
     ({"audience": {"branch_codes": ["not a code"]}}, "audience.branch_codes[0]"),

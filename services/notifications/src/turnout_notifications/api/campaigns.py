@@ -66,7 +66,8 @@ class CampaignIn(BaseModel):
     quiet_hours: QuietHoursIn | None = Field(default=None, description=(
         "No sends inside this window; default 21:00-09:00 Europe/London."))
     max_per_day: int | None = Field(default=None, ge=1, le=10, description=(
-        "Messages per member per 24 hours across all campaigns; default 1."))
+        "Messages per member per 24 hours across all campaigns; default and most: the "
+        "deployment's NOTIFICATIONS_MAX_PER_DAY (1: never twice in a day)."))
     audience: AudienceIn | None = Field(default=None, description=(
         "Narrow the audience: members of any listed group AND any listed branch AND any "
         "listed workplace (an empty list does not narrow). Always: enrolled, not voted, "

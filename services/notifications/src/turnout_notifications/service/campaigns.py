@@ -81,6 +81,12 @@ async def create_campaign(ctx: NotificationsContext, caller: Caller,
     if not errors and "link" in used_placeholders(spec.template) and not spec.link:
         errors.append({"field": "link", "message": "the template uses {link}: give a link"})
     settings = ctx.settings
+    if spec.max_per_day is not None and spec.max_per_day > settings.max_per_day:
+        # "Never twice in a day" unless whoever runs the deployment said otherwise: a
+        # campaign may not allow more than the deployment does.
+        errors.append({"field": "max_per_day", "message": (
+            f"at most {settings.max_per_day} message(s) per member per day here "
+            "(NOTIFICATIONS_MAX_PER_DAY)")})
     async with ctx.uow(caller.actor) as uow:
         ballot = (await uow.session.execute(
             sa.select(ballots).where(ballots.c.ballot_id == spec.ballot_id))).first()
