@@ -119,9 +119,9 @@ class Folder:
             # folded any of its topics since: from nothing, or from where this folder
             # let them go.
             fresh = set()
+            before = self._released or self.positions
             for number in numbers:
                 keys = [(topic, number) for topic in self.topics]
-                before = self._released or self.positions
                 if all(key in stored and stored[key] == (
                         before.get(key, -1) if number in self._stored.fresh else 0)
                        for key in keys):
