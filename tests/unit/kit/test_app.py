@@ -12,7 +12,7 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field
 
-from turnout_kit import app as app_module
+from turnout_kit import startup as startup_module
 from turnout_kit.app import create_app
 from turnout_kit.auth import CurrentCaller, issue_token
 from turnout_kit.problems import Problem
@@ -341,7 +341,7 @@ async def test_lifespan_runs_hooks_and_the_broker_in_order() -> None:
 async def test_service_starts_while_kafka_is_away_and_connects_later(
     monkeypatch: pytest.MonkeyPatch, log_lines
 ) -> None:
-    monkeypatch.setattr(app_module, "BROKER_RETRY_INITIAL_DELAY", 0.01)
+    monkeypatch.setattr(startup_module, "BROKER_RETRY_INITIAL_DELAY", 0.01)
     broker = FakeBroker(failures=2)
     app = create_app(settings(), title="t", version="1", broker=broker)
     async with app.router.lifespan_context(app):
@@ -357,7 +357,7 @@ async def test_service_starts_while_kafka_is_away_and_connects_later(
 
 
 async def test_retrying_stops_at_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "BROKER_RETRY_INITIAL_DELAY", 60)
+    monkeypatch.setattr(startup_module, "BROKER_RETRY_INITIAL_DELAY", 60)
     broker = FakeBroker(failures=100)
     app = create_app(settings(), title="t", version="1", broker=broker)
     async with asyncio.timeout(2), app.router.lifespan_context(app):
@@ -398,7 +398,7 @@ async def test_a_real_kafka_broker_with_no_kafka_does_not_stop_the_service(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(app_module, "BROKER_RETRY_INITIAL_DELAY", 0.05)
+    monkeypatch.setattr(startup_module, "BROKER_RETRY_INITIAL_DELAY", 0.05)
     broker = KafkaBroker(f"127.0.0.1:{port}", logger=broker_logger())
     app = create_app(settings(), title="t", version="1", broker=broker)
     async with asyncio.timeout(20), app.router.lifespan_context(app):

@@ -132,6 +132,13 @@ class LocalPostgres:
             conf.write(
                 "max_connections = 400\n"
                 "shared_buffers = '256MB'\n"
+                # Reporting's fold writes a few hundred MB of WAL per million members
+                # when it catches up (a new install, a rebuild); at the default 1GB a
+                # checkpoint falls in the middle, and every page touched after it is
+                # written to the WAL whole once more (one A/B pair, 4.4M events: 5.2
+                # against 4.5 µs of the database's CPU per event).
+                "max_wal_size = '4GB'\n"
+                "checkpoint_timeout = '15min'\n"
                 "listen_addresses = '127.0.0.1'\n"
                 "log_min_messages = warning\n"
             )

@@ -33,6 +33,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
+from .database_url import asyncpg_dsn
 from .serde import event_headers
 from .tables import OUTBOX_CHANNEL
 
@@ -43,14 +44,6 @@ PUBLISHED = Counter("outbox_events_published_total", "Outbox events published to
 BACKLOG = Gauge("outbox_backlog", "Outbox events committed but not yet published", ["service"])
 PUBLISH_FAILURES = Counter("outbox_publish_failures_total",
                            "Failed attempts to publish an outbox batch", ["service"])
-
-
-def asyncpg_dsn(url: str) -> str:
-    """SQLAlchemy URLs (`postgresql+asyncpg://`) to the plain form asyncpg accepts."""
-    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
-    return url
 
 
 @dataclass

@@ -33,9 +33,10 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
     from turnout_events.topics import TopicRegistry
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,15 @@ SHARED_ENV: dict[str, str] = {
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _warned_dev_secret = False
+
+
+def make_url(url: str) -> URL:
+    """SQLAlchemy's URL parser, imported when first needed: a fold process (reporting)
+    unpickles its settings without validating them again, and need not import
+    SQLAlchemy for that."""
+    from sqlalchemy.engine import make_url as parse
+
+    return parse(url)
 
 
 def to_async_url(url: str) -> str:

@@ -1,21 +1,37 @@
-"""What a fold process runs (see `processes.py`), from its settings to its stop. Its
-imports are inside: the parent imports this module only to name the child's target."""
+"""What a fold process runs (see `processes.py`), from its settings to its stop.
+
+    python -m turnout_reporting.messaging.fold_process INDEX PARENT_PID < pickled settings
+
+Its imports are inside, and only what folding needs (no FastAPI, no SQLAlchemy): the
+parent imports this module only to name it, and a child that starts sooner takes its
+share of the partitions sooner.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import TYPE_CHECKING
 
-from ..settings import ReportingSettings
+if TYPE_CHECKING:
+    from ..settings import ReportingSettings
 
 PARENT_CHECK_S = 1.0
 
 
-def fold_process_main(settings: ReportingSettings, index: int, parent: int) -> None:
-    """A child's whole life: fold until told to stop (SIGTERM, SIGINT) or orphaned."""
+def fold_process_main(index: int, parent: int) -> None:
+    """A child's whole life: read its settings from stdin, then fold until told to stop
+    (SIGTERM, SIGINT) or orphaned."""
     import asyncio
+    import pickle
 
     from turnout_kit.logging import configure_logging
 
+    from ..settings import ReportingSettings
+
+    settings = pickle.load(sys.stdin.buffer)  # from the parent, through a pipe
+    if not isinstance(settings, ReportingSettings):
+        raise SystemExit("a fold process expects the service's settings on stdin")
     configure_logging(f"reporting-fold-{index}", settings.log_level, settings.log_json)
     asyncio.run(_fold_until_stopped(settings, index, parent))
 
@@ -27,7 +43,7 @@ async def _fold_until_stopped(settings: ReportingSettings, index: int, parent: i
 
     import structlog
 
-    from turnout_kit.app import start_with_retry
+    from turnout_kit.startup import start_with_retry
 
     from ..projections.store import fold_pool
     from .consumer import FoldConsumer
@@ -54,3 +70,7 @@ async def _fold_until_stopped(settings: ReportingSettings, index: int, parent: i
                 await starter
         await consumer.stop()
         await pool.close()
+
+
+if __name__ == "__main__":
+    fold_process_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from multiprocessing.process import BaseProcess
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -40,8 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..projections.folder import BATCH_SECONDS, FOLDED
 from ..settings import ReportingSettings
+from . import fold_process
 from .consumer import DEAD_LETTERED, group_id, source_topics
-from .fold_process import fold_process_main
 
 log = structlog.get_logger("turnout.reporting.processes")
 
@@ -55,35 +56,13 @@ CHECK_S = 1.0
 CHILD_METRICS = (FOLDED, BATCH_SECONDS, DEAD_LETTERED)
 
 
-@contextlib.contextmanager
-def _environment(**values: str | None) -> Iterator[None]:
-    """These environment variables set (None: unset) for what is started inside."""
-    before = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 class FoldProcesses:
     """Starts `settings.fold_processes` fold processes and keeps them running."""
 
     def __init__(self, settings: ReportingSettings) -> None:
         self.settings = settings
         self.count = settings.fold_processes
-        # spawn, not fork: the parent runs an event loop, threads and open connections
-        # that a forked child must not inherit.
-        self._context = multiprocessing.get_context("spawn")
-        self._processes: list[BaseProcess | None] = [None] * self.count
+        self._processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self._spawned_at = [0.0] * self.count
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -92,7 +71,8 @@ class FoldProcesses:
         self._metrics: MultiProcessCollector | None = None
 
     def pids(self) -> list[int | None]:
-        return [p.pid if p is not None and p.is_alive() else None for p in self._processes]
+        return [p.pid if p is not None and p.poll() is None else None
+                for p in self._processes]
 
     async def start(self) -> None:
         self._metrics_dir = tempfile.mkdtemp(prefix="reporting-fold-metrics-")
@@ -106,15 +86,24 @@ class FoldProcesses:
         log.info("fold_processes_started", processes=self.count)
 
     def _spawn(self, index: int) -> None:
-        process = self._context.Process(
-            target=fold_process_main,
-            args=(self.settings, index, os.getpid()),
-            name=f"reporting-fold-{index}", daemon=False)
-        # The child learns where to write its metrics from its environment, which it
-        # must have before it imports anything: a child re-imports the service's main
-        # module (and with it prometheus_client) before it runs its target.
-        with _environment(PROMETHEUS_MULTIPROC_DIR=self._metrics_dir):
-            process.start()
+        """A fresh interpreter running `fold_process` (not fork: the parent runs an event
+        loop, threads and open connections that a child must not inherit; and not
+        multiprocessing's spawn either, which re-imports the service's main module, with
+        FastAPI and SQLAlchemy, before the child can start: a second or two of start-up
+        in which the first child folds every partition alone). The settings go through
+        a pipe, not the command line or the environment, where other users could see
+        the database password; the metrics folder through the environment, as
+        prometheus_client reads it when it is imported."""
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir or ""}
+        # -P: nothing importable from the working directory shadows the installed code.
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", fold_process.__name__, str(index), str(os.getpid())],
+            stdin=subprocess.PIPE, env=environment)
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError), process.stdin:
+            # A few KB, within the pipe's buffer: does not wait for the child to read.
+            process.stdin.write(pickle.dumps(self.settings))
+        # (A child that died before reading is restarted by _supervise.)
         self._processes[index] = process
         self._spawned_at[index] = time.monotonic()
 
@@ -125,13 +114,12 @@ class FoldProcesses:
         while not self._stopping:
             await asyncio.sleep(CHECK_S)  # polling the children, not a race fix
             for index, process in enumerate(self._processes):
-                if self._stopping or process is None or process.is_alive():
+                if self._stopping or process is None or process.poll() is None:
                     continue
                 if time.monotonic() - self._spawned_at[index] > RESTART_MAX_DELAY_S:
                     delays[index] = RESTART_INITIAL_DELAY_S  # it had been running a while
-                log.warning("fold_process_died", index=index, exitcode=process.exitcode,
+                log.warning("fold_process_died", index=index, exitcode=process.returncode,
                             restart_in_s=delays[index])
-                process.close()
                 self._processes[index] = None
                 await asyncio.sleep(delays[index])  # backoff before a restart
                 if self._stopping:
@@ -148,15 +136,16 @@ class FoldProcesses:
                 await self._supervisor
         running = [p for p in self._processes if p is not None]
         for process in running:
-            if process.is_alive():
+            if process.poll() is None:
                 process.terminate()  # SIGTERM: the child stops its consumer cleanly
         deadline = time.monotonic() + STOP_GRACE_S
         for process in running:
-            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
+            try:
+                await asyncio.to_thread(process.wait, max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 log.warning("fold_process_killed", pid=process.pid)
                 process.kill()
-                await asyncio.to_thread(process.join, 5)
+                await asyncio.to_thread(process.wait, 5)
         self._processes = [None] * self.count
         if self._metrics is not None:
             REGISTRY.unregister(self._metrics)

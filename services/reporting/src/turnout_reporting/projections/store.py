@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import asyncpg
 from msgspec.structs import astuple
 
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 
 from .changes import HOURLY_RETURNING, TURNOUT_RETURNING, record_changes
 from .fold import COUNTS, BallotMemberState, FoldResult, MemberState, MemberStates
