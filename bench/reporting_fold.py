@@ -1,7 +1,7 @@
 """Reporting fold throughput, against a bare consumer reading the same topics, in one run.
 
     uv run python bench/reporting_fold.py [--members 1000000] [--batch 50000]
-                                          [--fold-processes 2]
+                                          [--fold-processes 2] [--rounds 3]
 
 Fills a fresh topic set with a synthetic ballot (`turnout_reporting.synthetic`: about
 4.4 events per member across the contacts, ballots and notifications topics, with
@@ -20,6 +20,9 @@ moves, retractions, reminders and duplicates), then measures:
     refolded into shadow tables and swapped in, timed from the request to the swap's
     commit against the 2-minute budget, and its numbers compared with the ground truth
     again.
+(a) and (b) run in turns, `--rounds` times, each (b) into a fresh database; the round
+whose (b)/(a) is the median stands for the run (single runs of the same code on this
+shared machine gave ratios from 0.42 to 0.55), and (c) must hold in every round.
 Prints (a) and (b) in events/s and in CPU time per event (this process; for (b) also the
 PostgreSQL backends that did its writes), their ratio, and whether (c) matched exactly,
 beside the limits. Wall-clock rates depend on what else the machine runs; the CPU time
@@ -246,60 +249,86 @@ async def compare(database_url: str, ballot) -> tuple[bool, str]:
                                    f"{'equal' if hours_ok else 'DIFFERENT'}")
 
 
-async def measure(infra, members: int, batch: int, fold_processes: int) -> int:
+async def measure(infra, members: int, batch: int, fold_processes: int, rounds: int) -> int:
     started = time.perf_counter()
     ballot = generate_ballot(members, groups=6, branches=120, workplaces=600, seed=1)
     total = len(ballot.events)
     print(f"members: {members:,}, events: {total:,} ({ballot.duplicates:,} duplicates), "
           f"generated in {time.perf_counter() - started:.1f}s; infra: {infra.how}")
     topics = await create_topics(infra.kafka_bootstrap_servers, partitions=6)
-    database_url = await create_database(infra.database_url)
-    one_process_url = await create_database(infra.database_url)
-    settings = ReportingSettings(database_url=database_url,
+    databases: list[str] = []
+    settings = ReportingSettings(database_url=infra.database_url,
                                  kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
                                  topic_namespace=topics.namespace,
                                  topic_partitions=topics.partitions, fold_batch_size=batch,
                                  fold_processes=fold_processes)
+
+    async def fresh() -> ReportingSettings:
+        databases.append(await create_database(infra.database_url))
+        return settings.model_copy(update={"database_url": databases[-1]})
+
     pool = None
+    pairs: list[tuple[Measured, Measured, bool, str]] = []
     try:
         started = time.perf_counter()
         await fill(infra.kafka_bootstrap_servers, topics, ballot.events)
         print(f"topics filled in {time.perf_counter() - started:.1f}s")
-        bare = await bare_read(settings, topics, total)
+        # (a) and (b) in turns, each (b) from an empty database, and the ratio taken per
+        # turn: the machine's speed drifts over minutes, so a ratio of neighbours is
+        # steadier than one of two separate medians.
+        for round_ in range(1, rounds + 1):
+            bare = await bare_read(settings, topics, total)
+            settings = await fresh()
+            if fold_processes > 1:
+                folded = await fold_rate_in_processes(settings, topics, total)
+            else:
+                folded, pool = await fold_rate(settings, topics, total)
+                await pool.close()
+                pool = None
+            exact, detail = await compare(settings.database_url, ballot)
+            pairs.append((bare, folded, exact, detail))
+            print(f"round {round_}/{rounds}: (a) {bare.rate:,.0f} events/s, (b) "
+                  f"{folded.rate:,.0f} events/s, (b)/(a) {folded.rate / bare.rate:.2f}; "
+                  f"exact: {'yes' if exact else 'NO'}", flush=True)
         if fold_processes > 1:
-            folded = await fold_rate_in_processes(settings, topics, total)
-            exact, detail = await compare(database_url, ballot)
-        one, pool = await fold_rate(settings.model_copy(update={
-            "database_url": one_process_url, "fold_processes": 1}), topics, total)
-        one_exact, one_detail = await compare(one_process_url, ballot)
-        if fold_processes == 1:
-            folded, exact, detail = one, one_exact, one_detail
-            settings = settings.model_copy(update={"database_url": one_process_url})
-        rebuilt, rebuild_state = await rebuild(settings)
+            one_settings = (await fresh()).model_copy(update={"fold_processes": 1})
+            one, pool = await fold_rate(one_settings, topics, total)
+            one_exact, _ = await compare(one_settings.database_url, ballot)
+        rebuilt, rebuild_state = await rebuild(settings)  # the last round's database
         rebuilt_exact, rebuilt_detail = await compare(settings.database_url, ballot)
     finally:
         if pool is not None:
             await pool.close()
         await delete_topics(infra.kafka_bootstrap_servers, topics)
-        await drop_database(infra.database_url, database_url)
-        await drop_database(infra.database_url, one_process_url)
-    ratio = folded.rate / bare.rate
-    ok_rate, ok_ratio = folded.rate >= MIN_FOLD_RATE, ratio >= MIN_RATIO
+        for database in databases:
+            await drop_database(infra.database_url, database)
+    # The round whose ratio is the median (the lower one of an even number) stands for
+    # the run; its figures are printed.
+    ratios = sorted(folded.rate / bare.rate for bare, folded, _, _ in pairs)
+    ratio = ratios[(len(ratios) - 1) // 2]
+    bare, folded, _, detail = next(p for p in pairs if p[1].rate / p[0].rate == ratio)
+    exact = all(p[2] for p in pairs)
+    ok_rate = min(p[1].rate for p in pairs) >= MIN_FOLD_RATE
+    ok_ratio = ratio >= MIN_RATIO
+    median = f"the round with the median ratio, of {rounds}" if rounds > 1 else "one round"
     print(f"(a) bare consumer (read + decode): {bare.rate:,.0f} events/s  "
-          f"({bare.seconds:.1f}s; {bare.cpu_us()})")
+          f"({bare.seconds:.1f}s; {bare.cpu_us()}; {median})")
     processes = f"{fold_processes} process{'es' if fold_processes > 1 else ''}"
     print(f"(b) reporting fold (empty -> caught up, {processes}): {folded.rate:,.0f} events/s  "
-          f"(limit >= {MIN_FOLD_RATE:,})  {'ok' if ok_rate else 'BELOW LIMIT'}  "
+          f"(limit >= {MIN_FOLD_RATE:,}; slowest round "
+          f"{min(p[1].rate for p in pairs):,.0f})  {'ok' if ok_rate else 'BELOW LIMIT'}  "
           f"({folded.seconds:.1f}s; {folded.cpu_us()})")
     print(f"(b)/(a): {ratio:.2f}  (limit >= {MIN_RATIO:.2f})  "
-          f"{'ok' if ok_ratio else 'BELOW LIMIT'}; CPU per event (a)/(b): "
-          f"{bare.cpu / folded.cpu:.2f}")
+          f"{'ok' if ok_ratio else 'BELOW LIMIT'}; rounds {', '.join(f'{r:.2f}' for r in ratios)}"
+          f"; CPU per event (a)/(b): {bare.cpu / folded.cpu:.2f}")
     if fold_processes > 1:
         print(f"(b1) the same fold in one process: {one.rate:,.0f} events/s  "
               f"({one.seconds:.1f}s; {one.cpu_us()}); (b1)/(a): {one.rate / bare.rate:.2f}; "
               f"numbers equal to the ground truth: {'yes, exactly' if one_exact else 'NO'}")
+    else:
+        one_exact = True
     print(f"(c) numbers equal to the ground truth: {'yes, exactly' if exact else 'NO'} "
-          f"({detail})")
+          f"({'every round; ' if rounds > 1 else ''}{detail})")
     ok_rebuild = rebuild_state == "done" and rebuilt.seconds <= MAX_REBUILD_SECONDS
     verdict = ("ok" if ok_rebuild else "OVER LIMIT" if rebuild_state == "done"
                else rebuild_state.upper())
@@ -313,11 +342,11 @@ async def measure(infra, members: int, batch: int, fold_processes: int) -> int:
                  and rebuilt_exact) else 1
 
 
-def main(members: int, batch: int, fold_processes: int) -> int:
+def main(members: int, batch: int, fold_processes: int, rounds: int) -> int:
     # The fold's process-wide garbage collector setting, for (a) as for (b).
     relax_garbage_collection()
     with provide_infra() as infra:
-        return asyncio.run(measure(infra, members, batch, fold_processes))
+        return asyncio.run(measure(infra, members, batch, fold_processes, rounds))
 
 
 if __name__ == "__main__":
@@ -325,5 +354,9 @@ if __name__ == "__main__":
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--fold-processes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="(a) then (b) this many times; the median ratio is the verdict")
     args = parser.parse_args()
-    sys.exit(main(args.members, args.batch, args.fold_processes))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    sys.exit(main(args.members, args.batch, args.fold_processes, args.rounds))
