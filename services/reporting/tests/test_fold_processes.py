@@ -1,7 +1,7 @@
 """The fold in processes of its own (`fold_processes` 2): they share the partitions as one
 consumer group, count every event once, report their lag on the service's `/metrics`,
 and one killed with SIGKILL is replaced while the other carries on; stopping the
-service stops them."""
+service stops them, and killing it makes them stop by themselves."""
 
 from __future__ import annotations
 
@@ -208,3 +208,36 @@ async def test_the_service_process_as_the_local_runtime_runs_it_folds_in_two_chi
 
     # The children stop on the same SIGTERM as the service, and may outlive it by moments.
     await wait_for(all_gone, "for the service's child processes to exit", timeout=30)
+
+
+async def test_fold_processes_stop_by_themselves_when_the_service_is_killed(
+        tmp_path, monkeypatch, database_url, reporting_db, topics,  # noqa: F811
+        kafka_bootstrap):
+    """A service killed with SIGKILL cannot stop its fold processes: they notice they are
+    orphaned and stop on their own, so no fold goes on unsupervised (and a restarted
+    service does not find its partitions held by strays)."""
+    spec, env = service_process(monkeypatch, tmp_path, database_url, kafka_bootstrap, topics,
+                                REPORTING_FOLD_PROCESSES="2")
+    services.start(spec, env)
+    try:
+        services.wait_ready(spec, timeout=60)
+        service = psutil.Process(int(services.pid_file(spec).read_text()))
+
+        async def both_folding() -> bool:
+            names = {r[0] for r in await reporting_db.fetch(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE application_name LIKE 'reporting-fold-%' AND datname = "
+                "current_database()")}
+            return names == {"reporting-fold-0", "reporting-fold-1"}
+
+        await wait_for(both_folding, "for both fold processes to connect")
+        children = [p.pid for p in service.children(recursive=True)]
+        assert len(children) >= 2, children
+        service.kill()
+
+        async def all_gone() -> bool:
+            return not any(alive(pid) for pid in [service.pid, *children])
+
+        await wait_for(all_gone, "for the orphaned fold processes to stop", timeout=30)
+    finally:
+        services.stop(spec)
