@@ -50,8 +50,6 @@ log = structlog.get_logger("turnout_kit.app")
 
 Hook = Callable[[FastAPI], Awaitable[Any]]
 
-# Reconnect schedule when Kafka is not there at startup: doubling, capped.
-
 
 def create_app(
     settings: ServiceSettings,

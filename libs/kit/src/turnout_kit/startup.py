@@ -14,6 +14,7 @@ import structlog
 
 log = structlog.get_logger("turnout_kit.startup")
 
+# Reconnect schedule when Kafka is not there at startup: doubling, capped.
 BROKER_RETRY_INITIAL_DELAY = 1.0
 BROKER_RETRY_MAX_DELAY = 30.0
 
