@@ -52,6 +52,17 @@ def lag_lines(metrics: str, group: str) -> list[int]:
             if line.startswith(prefix)]
 
 
+async def fold_connections(db) -> set[str]:
+    """The application names of the fold processes' connections to the test's database."""
+    return {r[0] for r in await db.fetch(
+        "SELECT application_name FROM pg_stat_activity "
+        "WHERE application_name LIKE 'reporting-fold-%' AND datname = current_database()")}
+
+
+async def both_folding(db) -> bool:
+    return await fold_connections(db) == {"reporting-fold-0", "reporting-fold-1"}
+
+
 def two_fold_processes(database_url: str, kafka_bootstrap: str, topics) -> ReportingSettings:
     return ReportingSettings(
         database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
@@ -77,14 +88,8 @@ async def test_two_fold_processes_count_each_event_once_and_a_killed_one_is_repl
             pids = workers.pids()
             assert len(pids) == 2 and all(pids), pids
 
-            async def both_folding() -> bool:
-                names = {r[0] for r in await reporting_db.fetch(
-                    "SELECT application_name FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'reporting-fold-%' AND datname = "
-                    "current_database()")}
-                return names == {"reporting-fold-0", "reporting-fold-1"}
-
-            await wait_for(both_folding, "for both fold processes to connect")
+            await wait_for(lambda: both_folding(reporting_db),
+                           "for both fold processes to connect")
             await publish(kafka_bootstrap, topics, first_events)
             await wait_for(lambda: _at_least(reporting_db, group, len(first_events)),
                            "for the first wave to be consumed")
@@ -189,9 +194,7 @@ async def test_the_service_process_as_the_local_runtime_runs_it_folds_in_two_chi
         await publish(kafka_bootstrap, topics, envelopes)
         await wait_for(lambda: _at_least(reporting_db, group, len(envelopes)),
                        "for the service to consume the ballot")
-        folders = {r[0] for r in await reporting_db.fetch(
-            "SELECT application_name FROM pg_stat_activity "
-            "WHERE application_name LIKE 'reporting-fold-%' AND datname = current_database()")}
+        folders = await fold_connections(reporting_db)
         children = {p.pid for p in service.children(recursive=True)}
         async with httpx.AsyncClient(base_url=spec.url) as client:
             await assert_exact(client, tokens("national"), ballot)
@@ -223,14 +226,8 @@ async def test_fold_processes_stop_by_themselves_when_the_service_is_killed(
         services.wait_ready(spec, timeout=60)
         service = psutil.Process(int(services.pid_file(spec).read_text()))
 
-        async def both_folding() -> bool:
-            names = {r[0] for r in await reporting_db.fetch(
-                "SELECT application_name FROM pg_stat_activity "
-                "WHERE application_name LIKE 'reporting-fold-%' AND datname = "
-                "current_database()")}
-            return names == {"reporting-fold-0", "reporting-fold-1"}
-
-        await wait_for(both_folding, "for both fold processes to connect")
+        await wait_for(lambda: both_folding(reporting_db),
+                       "for both fold processes to connect")
         children = [p.pid for p in service.children(recursive=True)]
         assert len(children) >= 2, children
         service.kill()
