@@ -177,6 +177,9 @@ def fold(states: States, events: Iterable[Event]) -> FoldResult:
     ballots: dict[str, dict[str, BallotMemberState]] = {}  # working copies, per member
     info: dict[str, dict[str, Any]] = {}
     applied = 0
+    if len(_SHARED) > _SHARED_MAX:
+        _SHARED.clear()
+    intern = _SHARED.setdefault
     for event in events:
         data = event.data
         kind = type(data)
@@ -193,9 +196,10 @@ def fold(states: States, events: Iterable[Event]) -> FoldResult:
                     and version > member.placement_version:
                 placement = data.placement
                 member.placement_version = version
-                member.group_code = placement.group_code
-                member.branch_code = placement.branch_code
-                member.workplace_code = placement.workplace_code
+                member.group_code = intern(placement.group_code, placement.group_code)
+                member.branch_code = intern(placement.branch_code, placement.branch_code)
+                member.workplace_code = intern(placement.workplace_code,
+                                               placement.workplace_code)
             if kind is not MemberMoved and version > member.contact_version:
                 contact = data.contact
                 member.contact_version = version
@@ -230,15 +234,16 @@ def fold(states: States, events: Iterable[Event]) -> FoldResult:
             mine = ballots[member_id] = {}
         state = mine.get(ballot_id)
         if state is None:
-            state = mine[ballot_id] = _enrolment_copy(states, member_id, ballot_id)
+            state = mine[ballot_id] = _enrolment_copy(states, member_id,
+                                                      intern(ballot_id, ballot_id))
         if kind is MemberEnrolled:
             # One enrolment per member and ballot (the roll is snapshotted once), so a
             # copy of it carries the same placement.
             placement = data.placement
             state.enrolled = True
-            state.group_code = placement.group_code
-            state.branch_code = placement.branch_code
-            state.workplace_code = placement.workplace_code
+            state.group_code = intern(placement.group_code, placement.group_code)
+            state.branch_code = intern(placement.branch_code, placement.branch_code)
+            state.workplace_code = intern(placement.workplace_code, placement.workplace_code)
         elif kind is Voted:
             # The later mark wins (see vote_order_key); a vote loses a tie.
             at = event.occurred_at
@@ -270,6 +275,13 @@ def fold(states: States, events: Iterable[Event]) -> FoldResult:
     result.applied = applied
     return result
 
+
+# One string object per code and ballot id for every state that holds it, rather than
+# the copy each event decoded: the fold keeps up to millions of states in memory
+# (folder.RecentStates), and the copies were a quarter of their size. A few thousand
+# codes, a few ballots; emptied if something floods it.
+_SHARED: dict[Any, Any] = {}  # each string (or None) to the one object kept of it
+_SHARED_MAX = 100_000
 
 _BALLOT_MEMBER_EVENTS = frozenset({MemberEnrolled, Voted, VoteRetracted, ReminderSent,
                                    ReplacementRequested})
