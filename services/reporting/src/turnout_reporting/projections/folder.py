@@ -20,7 +20,6 @@ stored offsets are where that one left them, so the overlap changes no guarantee
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -240,7 +239,10 @@ class Folder:
             states.update(found)
             missing += unknown if not fresh else filter(stored.maybe, unknown)
             if fresh:
-                stored.add(ids)  # before the commit: a failed one only costs a load
+                # Before the commit: a failed one only costs a load. Only the members
+                # not held in memory: a partition's freshness is decided when it is
+                # taken, and what is held was folded since, so is in the filter already.
+                stored.add(unknown)
         if missing:
             async with self.pool.acquire() as conn:
                 loaded = await load_states(conn, missing)
@@ -297,34 +299,35 @@ class RecentStates:
     """The states batches left lately, so that the next batches need not load them: a
     member's events come close together (a rep's visit, a vote and its reminder; on a
     first fold, their registration and enrolment) but travel on three topics, so often
-    in neighbouring batches rather than in one.
+    in neighbouring batches rather than in one; and days apart in publish time (an
+    enrolment and the vote, the reminders), so catching up they are folded many batches
+    apart too. Loading a state back costs far more than keeping it (a query, a row
+    decoded, a Struct built), so with room for every member an owned partition has, a
+    catch-up never loads at all.
 
     Exact as long as the folder owns the members' partitions without a break: only its
     own batches write these states then, and they all pass through here before they
     commit (a failed commit, a rebalance or a rewind forgets everything). The last
     batch's states are always kept: it may not be committed when the next batch loads
-    what it does not find here. Older ones are kept up to `limit`, the oldest forgotten
-    first.
+    what it does not find here. Older ones are kept up to about `limit`.
 
-    Kept as the batches' own dicts, newest first, rather than merged into one: merging
-    moved every state of every batch once more, and forgetting the oldest from the front
-    of one dict made each batch walk past the slots the last ones emptied (together 6%
-    of the fold's time). Small batches (the live fold's) are gathered into one dict of
-    up to `limit / 4`, so a lookup tries a handful of dicts at most.
+    Kept in two generations rather than in order of use: each batch's states go into
+    the current one, which, once it would hold more than half the limit, becomes the
+    previous one, and the previous one is forgotten. A lookup tries three dicts at most
+    (latest, current, previous) and a batch costs one dict update, where a true LRU
+    would move every state it touches.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._latest: Mapping[str, MemberStates] = {}
-        self._older: collections.deque[Mapping[str, MemberStates]] = collections.deque()
-        self._older_size = 0
-        self._open: dict[str, MemberStates] | None = None  # the newest older, if ours
+        self._current: dict[str, MemberStates] = {}
+        self._previous: dict[str, MemberStates] = {}
 
     def forget(self) -> None:
         self._latest = {}
-        self._older.clear()
-        self._older_size = 0
-        self._open = None
+        self._current = {}
+        self._previous = {}
 
     def get(self, member_id: str) -> MemberStates | None:
         found, _ = self.find((member_id,))
@@ -335,18 +338,16 @@ class RecentStates:
         """The states held of these members, and the members of whom none is."""
         found: dict[str, MemberStates] = {}
         unknown: list[str] = []
-        latest = self._latest.get
-        older = [states.get for states in reversed(self._older)]
+        latest, current, previous = self._latest.get, self._current.get, self._previous.get
         for member_id in member_ids:
             known = latest(member_id)
             if known is None:
-                for get in older:
-                    known = get(member_id)
-                    if known is not None:
-                        break
-                else:
-                    unknown.append(member_id)
-                    continue
+                known = current(member_id)
+                if known is None:
+                    known = previous(member_id)
+                    if known is None:
+                        unknown.append(member_id)
+                        continue
             found[member_id] = known
         return found, unknown
 
@@ -362,25 +363,9 @@ class RecentStates:
     def _push(self, states: Mapping[str, MemberStates]) -> None:
         if not states or self.limit <= 0:
             return
-        small = max(1, self.limit // 4)
-        older = self._older
-        if len(states) >= small:
-            older.append(states)
-            self._older_size += len(states)
-            self._open = None
-        elif self._open is not None and len(self._open) < small:
-            before = len(self._open)
-            self._open.update(states)  # the newest older: newer states overwrite
-            self._older_size += len(self._open) - before
-        else:
-            self._open = dict(states)
-            older.append(self._open)
-            self._older_size += len(self._open)
-        while older and self._older_size > self.limit:
-            oldest = older.popleft()
-            self._older_size -= len(oldest)
-            if oldest is self._open:
-                self._open = None
+        if len(self._current) + len(states) > max(1, self.limit // 2):
+            self._previous, self._current = self._current, {}
+        self._current.update(states)  # newer states overwrite
 
 
 class StoredMembers:
