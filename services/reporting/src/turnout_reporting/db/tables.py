@@ -8,7 +8,7 @@ event topics (they keep everything).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSON, UUID
+from sqlalchemy.dialects.postgresql import JSON, UUID
 
 metadata = sa.MetaData()
 
@@ -61,9 +61,12 @@ ballot_members = sa.Table(
     sa.Column("vote_changed_at", sa.DateTime(timezone=True)),
     sa.Column("voted_at", sa.DateTime(timezone=True)),
     sa.Column("contacted", sa.Boolean, nullable=False),
-    # Distinct ids: a request or reminder published twice counts once.
-    sa.Column("replacement_requests", ARRAY(UUID(as_uuid=True)), nullable=False),
-    sa.Column("reminders", ARRAY(UUID(as_uuid=True)), nullable=False),
+    # Distinct ids, so that a request or reminder published twice counts once: canonical
+    # UUIDs joined by commas, '' for none, as the fold holds them (BallotMemberState).
+    # Text rather than uuid[]: a new enrolment's row is then copied straight in, where
+    # an array had to go through a stage and be built by PostgreSQL.
+    sa.Column("replacement_requests", sa.Text, nullable=False),
+    sa.Column("reminders", sa.Text, nullable=False),
     postgresql_with={"fillfactor": 75},
 )
 

@@ -131,8 +131,7 @@ async def load_states(conn: asyncpg.Connection, member_ids: list[str]) -> dict[s
     ballots: dict[str, dict[str, BallotMemberState]] = {}
     for r in await conn.fetch(
             "SELECT member_id, ballot_id, enrolled, group_code, branch_code, workplace_code, "
-            "voted, vote_changed_at, voted_at, contacted, "
-            "array_to_string(replacement_requests, ','), array_to_string(reminders, ',') "
+            "voted, vote_changed_at, voted_at, contacted, replacement_requests, reminders "
             "FROM ballot_members WHERE member_id = ANY(string_to_array($1, ',')::uuid[])", ids):
         member_id, ballot_id = str(r[0]), str(r[1])
         ballots.setdefault(member_id, {})[ballot_id] = BallotMemberState(
@@ -179,7 +178,7 @@ async def commit_batch(conn: asyncpg.Connection, group: str, result: FoldResult 
 # Temporary tables, one per connection, that a batch's rows are copied into (binary
 # COPY: asyncpg encodes a row of values far faster than it encodes one array per column,
 # which checks every element's type in Python) before one statement merges them into
-# their table. Emptied at every commit.
+# their table. Emptied at every commit. New states skip them: copied straight in.
 MEMBER_COLUMNS = ("member_id", "contact_version", "has_mobile", "has_email", "sms_consent",
                   "placement_version", "group_code", "branch_code", "workplace_code")
 ENROLMENT_COLUMNS = ("member_id", "ballot_id", "enrolled", "group_code", "branch_code",
@@ -188,9 +187,6 @@ ENROLMENT_COLUMNS = ("member_id", "ballot_id", "enrolled", "group_code", "branch
 UNIT_COLUMNS = ("ballot_id", "level", "group_code", "branch_code", "workplace_code")
 TURNOUT_COLUMNS = (*UNIT_COLUMNS, *COUNTS)
 HOURLY_COLUMNS = (*UNIT_COLUMNS, "hour", "votes")
-# The id sets travel as comma-separated text (see BallotMemberState).
-_ID_SETS = ("replacement_requests", "reminders")
-_NO_IDS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,16 +198,14 @@ class _Stage:
     update: str  # the ON CONFLICT update
 
     def create(self) -> str:
-        columns = ", ".join(f"''::text AS {c}" if c in _ID_SETS else c for c in self.columns)
         return (f"CREATE TEMP TABLE IF NOT EXISTS {self.name} ON COMMIT DELETE ROWS AS "
-                f"SELECT {columns} FROM {self.table} WITH NO DATA")
+                f"SELECT {', '.join(self.columns)} FROM {self.table} WITH NO DATA")
 
     def merge(self) -> str:
         """The stage into its table, in key order (two instances then lock shared rows in
         the same order and cannot deadlock each other)."""
-        values = ", ".join(f"string_to_array({c}, ',')::uuid[]" if c in _ID_SETS else c
-                           for c in self.columns)
-        return (f"INSERT INTO {self.table} ({', '.join(self.columns)}) SELECT {values} "
+        columns = ", ".join(self.columns)
+        return (f"INSERT INTO {self.table} ({columns}) SELECT {columns} "
                 f"FROM {self.name} ORDER BY {', '.join(self.key)} "
                 f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {self.update}")
 
@@ -249,23 +243,12 @@ async def write_result(conn: asyncpg.Connection, result: FoldResult, *,
         await conn.copy_records_to_table(MEMBERS.name, columns=MEMBER_COLUMNS,
                                          records=map(astuple, result.members))
         await conn.execute(MEMBERS.merge())
-    # New enrolments without reminders or replacement requests (most of a first fold's)
-    # go straight in, their empty id sets as empty arrays; the others through the stage,
-    # where their id sets become arrays.
-    plain: list[tuple] = []
-    staged: list[tuple] = [*map(astuple, result.enrolments)]
-    for enrolment in result.new_enrolments:
-        row = astuple(enrolment)
-        if row[-1] or row[-2]:
-            staged.append(row)
-        else:
-            plain.append((*row[:-2], _NO_IDS, _NO_IDS))
-    if plain:
+    if result.new_enrolments:
         await conn.copy_records_to_table("ballot_members", columns=ENROLMENT_COLUMNS,
-                                         records=plain)
-    if staged:
+                                         records=map(astuple, result.new_enrolments))
+    if result.enrolments:
         await conn.copy_records_to_table(ENROLMENTS.name, columns=ENROLMENT_COLUMNS,
-                                         records=staged)
+                                         records=map(astuple, result.enrolments))
         await conn.execute(ENROLMENTS.merge())
     for ballot_id, info in sorted(result.ballots.items()):
         opened = "name" in info
