@@ -49,7 +49,7 @@ from tests.support.isolation import (  # noqa: E402
     delete_topics,
     drop_database,
 )
-from turnout_events.relay import asyncpg_dsn  # noqa: E402
+from turnout_events.database_url import asyncpg_dsn  # noqa: E402
 from turnout_kit.auth import issue_token  # noqa: E402
 from turnout_kit.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
 

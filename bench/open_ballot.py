@@ -41,7 +41,7 @@ from tests.support.isolation import (  # noqa: E402
     drop_database,
 )
 from tests.support.services import TokenMaker, running  # noqa: E402
-from turnout_events.relay import asyncpg_dsn  # noqa: E402
+from turnout_events.database_url import asyncpg_dsn  # noqa: E402
 from turnout_events.serde import decode, encode  # noqa: E402
 from turnout_kit.logging import configure_logging  # noqa: E402
 

@@ -70,7 +70,7 @@ from tests.support.isolation import (  # noqa: E402
     delete_topics,
     drop_database,
 )
-from turnout_events.relay import asyncpg_dsn  # noqa: E402
+from turnout_events.database_url import asyncpg_dsn  # noqa: E402
 from turnout_kit.db import run_migrations  # noqa: E402
 
 MIN_FOLD_RATE = 50_000

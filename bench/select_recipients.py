@@ -57,7 +57,7 @@ from turnout_notifications.settings import NotificationsSettings  # noqa: E402
 from services.notifications.tests.support import fake_contacts_server  # noqa: E402
 from tests.support.infra import provide_infra  # noqa: E402
 from tests.support.isolation import create_database, drop_database  # noqa: E402
-from turnout_events.relay import asyncpg_dsn  # noqa: E402
+from turnout_events.database_url import asyncpg_dsn  # noqa: E402
 from turnout_kit.db import create_engine, run_migrations, session_factory  # noqa: E402
 from turnout_kit.logging import configure_logging  # noqa: E402
 

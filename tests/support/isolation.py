@@ -8,7 +8,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.engine import make_url
 
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 from turnout_events.topics import TopicRegistry
 from turnout_local.topics import ensure_topics
 

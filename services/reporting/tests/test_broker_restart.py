@@ -22,7 +22,7 @@ from services.reporting.tests.test_exactly_once import (
 from tests.support.events import eventually
 from tests.support.isolation import create_topics, delete_topics, unique_name
 from tests.support.services import running
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 from turnout_events.topics import TopicRegistry
 from turnout_local.topics import ensure_topics
 

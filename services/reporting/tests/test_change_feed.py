@@ -13,7 +13,7 @@ from turnout_reporting.synthetic import generate_ballot
 
 from services.reporting.tests.events import as_envelope, publish, shuffled
 from services.reporting.tests.test_projection import COLUMNS, until_equal
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 
 pytestmark = pytest.mark.integration
 

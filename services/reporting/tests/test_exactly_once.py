@@ -30,7 +30,7 @@ from services.reporting.tests.test_projection import numbers
 from tests.support.events import eventually
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 from turnout_local import services
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from turnout_reporting.projections.store import fold_pool, stored_member_ids
 from turnout_reporting.synthetic import generate_ballot
 
 from services.reporting.tests.events import as_envelope
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 from turnout_events.serde import encode
 from turnout_kit.db import run_migrations
 

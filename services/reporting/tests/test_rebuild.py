@@ -29,7 +29,7 @@ from services.reporting.tests.test_exactly_once import (
 from services.reporting.tests.test_projection import numbers, until_equal
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 
 pytestmark = pytest.mark.integration
 

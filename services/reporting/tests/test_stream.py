@@ -26,8 +26,8 @@ from turnout_reporting.main import create_reporting_app
 from services.reporting.tests.events import publish
 from tests.support.events import eventually
 from turnout_events.ballots import BallotOpened, MemberEnrolled, Voted
+from turnout_events.database_url import asyncpg_dsn
 from turnout_events.envelope import Envelope
-from turnout_events.relay import asyncpg_dsn
 from turnout_events.samples import sample_envelope
 from turnout_kit.auth import issue_token
 from turnout_kit.settings import DEVELOPMENT_JWT_SECRET

@@ -9,7 +9,8 @@ import structlog
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from turnout_events.relay import OutboxRelay, asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
+from turnout_events.relay import OutboxRelay
 from turnout_events.topics import METADATA_MAX_AGE_MS
 from turnout_kit.app import create_app, open_database, serve
 from turnout_kit.db import session_factory

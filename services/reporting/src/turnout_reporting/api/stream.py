@@ -52,7 +52,7 @@ SEND_TIMEOUT_S = 30
 def change_hub(request: Request) -> ChangeHub:
     """The process's hub, created on first use (it opens its connection only while
     someone is watching)."""
-    from turnout_events.relay import asyncpg_dsn
+    from turnout_events.database_url import asyncpg_dsn
 
     hub = getattr(request.app.state, "change_hub", None)
     if hub is None:

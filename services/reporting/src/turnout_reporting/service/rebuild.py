@@ -49,7 +49,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from turnout_events.relay import asyncpg_dsn
+from turnout_events.database_url import asyncpg_dsn
 
 from ..context import ReportingContext
 from ..messaging.consumer import Prefetch, align, consumer_options, group_id, source_topics
