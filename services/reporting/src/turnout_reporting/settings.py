@@ -29,8 +29,9 @@ class ReportingSettings(ServiceSettings):
     # Members whose latest states a fold process keeps in memory, so that their next
     # events need not load them (about 1.1 KB each; 0 loads every member a batch
     # touches). With room for every member of the partitions it folds, a catch-up never
-    # loads a state back, which makes it about a fifth faster: a million members cost
-    # about 1.1 GB per process at most, shared between the fold processes.
+    # loads a state back (10-20% less CPU per event in bench/reporting_fold.py). Each
+    # process holds only its partitions' members: a union of a million costs about
+    # 1.1 GB in all, however many fold processes share it.
     fold_recent_states: int = Field(default=1_000_000, ge=0, le=10_000_000)
     # Catching up, partitions read ahead of the others by more than this much publish
     # time wait for them, so that a member's events from the three topics are folded

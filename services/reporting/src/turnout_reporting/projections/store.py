@@ -178,7 +178,7 @@ async def commit_batch(conn: asyncpg.Connection, group: str, result: FoldResult 
 # Temporary tables, one per connection, that a batch's rows are copied into (binary
 # COPY: asyncpg encodes a row of values far faster than it encodes one array per column,
 # which checks every element's type in Python) before one statement merges them into
-# their table. Emptied at every commit. New states skip them: copied straight in.
+# their table. Emptied at every commit.
 MEMBER_COLUMNS = ("member_id", "contact_version", "has_mobile", "has_email", "sms_consent",
                   "placement_version", "group_code", "branch_code", "workplace_code")
 ENROLMENT_COLUMNS = ("member_id", "ballot_id", "enrolled", "group_code", "branch_code",
