@@ -304,9 +304,10 @@ async def measure(infra, members: int, batch: int, fold_processes: int, rounds: 
             await drop_database(infra.database_url, database)
     # The round whose ratio is the median (the lower one of an even number) stands for
     # the run; its figures are printed.
-    ratios = sorted(folded.rate / bare.rate for bare, folded, _, _ in pairs)
-    ratio = ratios[(len(ratios) - 1) // 2]
-    bare, folded, _, detail = next(p for p in pairs if p[1].rate / p[0].rate == ratio)
+    by_ratio = sorted(pairs, key=lambda p: p[1].rate / p[0].rate)
+    bare, folded, _, detail = by_ratio[(len(by_ratio) - 1) // 2]
+    ratios = [f.rate / b.rate for b, f, _, _ in by_ratio]
+    ratio = folded.rate / bare.rate
     exact = all(p[2] for p in pairs)
     ok_rate = min(p[1].rate for p in pairs) >= MIN_FOLD_RATE
     ok_ratio = ratio >= MIN_RATIO
