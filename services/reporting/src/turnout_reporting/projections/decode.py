@@ -14,6 +14,10 @@ check. They are a mirror, not a second contract — `turnout_events` stays the j
   event nobody here knows (ignored), or accepts it: then it is decoded again from the
   contract's canonical JSON. Being stricter than pydantic's lax mode costs a detour,
   never a wrong answer.
+- one exception: an event the contract accepts but reporting's tables cannot hold (a
+  `member_version` past int4, a NUL in a ballot's name) is refused here too, with its
+  own message (`unstorable`), and dead-lettered like an invalid one, rather than failing
+  every batch that holds it.
 
 `tests/test_decode.py` checks the mirror against the catalogue field by field, so a
 field added to the contract without being added here fails loudly.
@@ -58,10 +62,17 @@ from turnout_events.registry import parse_payload
 from turnout_events.serde import MAX_EVENT_BYTES
 from turnout_events.serde import decode as contract_decode
 
+# Reporting's own limits, past the contract's: what its tables can store. An event beyond
+# them would fail every batch that holds it, and the fold holds its partition on a failed
+# batch (a bug must not skip events), so it is dead-lettered instead (`unstorable`).
+# The highest member_version the int4 columns hold; contacts counts in int4 too, so no
+# event of its own comes near it.
+MAX_STORED_VERSION = 2**31 - 1
+
 Id = str  # a canonical UUID string, checked after decoding (see EventDecoder)
 Code = str  # checked after decoding against CODE_PATTERN and the privacy scan
 Moment = Annotated[datetime, Meta(tz=True)]
-Version = Annotated[int, Meta(ge=1)]
+Version = Annotated[int, Meta(ge=1, le=MAX_STORED_VERSION)]  # past it: see `unstorable`
 Count = Annotated[int, Meta(ge=0)]
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -183,7 +194,8 @@ class BallotOpened(Data, frozen=True, gc=False):
     eligible_count: Count
 
     def __post_init__(self) -> None:
-        if self.closes_at <= self.opens_at or contact_kind(self.ballot_name):
+        if self.closes_at <= self.opens_at or contact_kind(self.ballot_name) \
+                or "\x00" in self.ballot_name:  # the last: see `unstorable`
             raise NotPublishable
 
 
@@ -380,6 +392,20 @@ def _good_actor(actor: str) -> bool:
     return kind.isidentifier() and (actor == SYSTEM_ACTOR or bool(ident)) and "@" not in actor
 
 
+def unstorable(payload: EventData) -> str | None:
+    """Why reporting cannot store an event the contract accepts (None: it can). The
+    reason names the field, never its value."""
+    version = getattr(payload, "member_version", None)
+    if isinstance(version, int) and version > MAX_STORED_VERSION:
+        return (f"data.member_version: above {MAX_STORED_VERSION}, more than reporting can "
+                "store (contacts never counts that high)")
+    name = getattr(payload, "ballot_name", None)
+    if isinstance(name, str) and "\x00" in name:
+        return ("data.ballot_name: holds a NUL character, which reporting cannot store "
+                "(PostgreSQL text cannot hold one)")
+    return None
+
+
 class DecoderMismatch(RuntimeError):
     """The contract accepted an event that its mirror here cannot read: a bug in this
     module (the mirror fell behind the contract), never the event's fault."""
@@ -429,6 +455,9 @@ class EventDecoder:
         payload = parse_payload(envelope)  # raises InvalidEvent
         if payload is None:
             return None
+        problem = unstorable(payload)
+        if problem is not None:
+            raise InvalidEvent(f"{envelope.type}: {problem}")
         return self.from_contract(envelope, payload)
 
     def from_contract(self, envelope: Envelope, payload: EventData) -> Event:
@@ -448,4 +477,5 @@ class EventDecoder:
 
 
 __all__ = ["DATA_TYPES", "ENVELOPES", "Event", "EventDecoder", "DecoderMismatch",
-           "InvalidEvent", "Placement", "ContactFlags", *(t.__name__ for t in DATA_TYPES)]
+           "InvalidEvent", "MAX_STORED_VERSION", "unstorable", "Placement", "ContactFlags",
+           *(t.__name__ for t in DATA_TYPES)]
