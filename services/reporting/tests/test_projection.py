@@ -154,15 +154,21 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_still_counts(
         **opened["data"], "ballot_id": other, "ballot_name": "Pay\x00ballot"}}
     await publish_raw(kafka_bootstrap, topics.events("ballots"), json.dumps(nul_name).encode(),
                       other.encode())
+    vote = next(e for e in ballot.events if e["type"] == "ballots.voted")
+    year_zero = vote | {"id": str(uuid.uuid4()), "data": {
+        **vote["data"], "voted_at": "0001-01-01T00:30:00+01:00"}}  # in UTC, year 0
+    await publish_raw(kafka_bootstrap, topics.events("ballots"),
+                      json.dumps(year_zero).encode(), vote["key"].encode())
     await publish(kafka_bootstrap, topics, shuffled(ballot.envelopes, seed=4))
     await until_equal(reporting_app, tokens("national"), ballot)
-    dead = await read_until(kafka_bootstrap, [topics.dead_letter], count=4, timeout=30)
-    assert len(dead) == 4
+    dead = await read_until(kafka_bootstrap, [topics.dead_letter], count=5, timeout=30)
+    assert len(dead) == 5
     reasons = [dict(r.headers) for r in dead]
     assert {h["dead-letter-topic"] for h in reasons} == {contacts_topic.encode(),
                                                         topics.events("ballots").encode()}
     assert all(h["dead-letter-reason"] == b"invalid" for h in reasons)
     errors = [h["dead-letter-error"] for h in reasons]
     assert sum(b"member_version" in e for e in errors) == 2
-    assert sum(b"reporting can" in e for e in errors) == 2  # can store / cannot store
+    assert sum(b"reporting can" in e for e in errors) == 3  # can store / cannot store
     assert any(b"data.ballot_name: holds a NUL" in e for e in errors)
+    assert any(b"data.voted_at: cannot be written in UTC" in e for e in errors)

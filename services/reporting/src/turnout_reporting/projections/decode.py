@@ -15,7 +15,8 @@ check. They are a mirror, not a second contract — `turnout_events` stays the j
   contract's canonical JSON. Being stricter than pydantic's lax mode costs a detour,
   never a wrong answer.
 - one exception: an event the contract accepts but reporting's tables cannot hold (a
-  `member_version` past int4, a NUL in a ballot's name) is refused here too, with its
+  `member_version` past int4, a NUL in a ballot's name, a moment that cannot be written
+  in UTC) is refused here too, with its
   own message (`unstorable`), and dead-lettered like an invalid one, rather than failing
   every batch that holds it.
 
@@ -36,7 +37,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Annotated, Any, ClassVar, Union, cast
 
@@ -350,13 +351,15 @@ class _Rule:
     key: Callable[[Any], str]
     ids: Callable[[Any], tuple]
     codes: Callable[[Any], tuple] | None
+    moments: Callable[[Any], tuple] | None  # the payload's datetimes (see `unstorable`)
 
 
 def _rule(data: type[Data]) -> _Rule:
     ids, codes = _string_fields(data)
+    moments = [f.name for f in msgspec.structs.fields(data) if f.type in (Moment, Moment | None)]
     return _Rule(data.contract.version, data.contract.source,
                  attrgetter(data.contract.key_field), _getter(ids),
-                 _getter(codes) if codes else None)
+                 _getter(codes) if codes else None, _getter(moments) if moments else None)
 
 
 _RULES: dict[type[Event], _Rule] = {envelope: _rule(data) for data, envelope in ENVELOPES.items()}
@@ -392,9 +395,27 @@ def _good_actor(actor: str) -> bool:
     return kind.isidentifier() and (actor == SYSTEM_ACTOR or bool(ident)) and "@" not in actor
 
 
-def unstorable(payload: EventData) -> str | None:
+def in_utc(moment: datetime) -> bool:
+    """Whether a moment can be written in UTC: PostgreSQL stores it so, and a moment
+    within a few hours of the calendar's ends (year 1, year 9999) with an offset that
+    takes it past them cannot be."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
+def unstorable(envelope: Envelope, payload: EventData) -> str | None:
     """Why reporting cannot store an event the contract accepts (None: it can). The
     reason names the field, never its value."""
+    moments = [("occurred_at", envelope.occurred_at),
+               *((f"data.{name}", value) for name, value in payload
+                 if isinstance(value, datetime))]
+    for name, moment in moments:
+        if not in_utc(moment):
+            return (f"{name}: cannot be written in UTC (past the ends of the calendar), "
+                    "which reporting cannot store")
     version = getattr(payload, "member_version", None)
     if isinstance(version, int) and version > MAX_STORED_VERSION:
         return (f"data.member_version: above {MAX_STORED_VERSION}, more than reporting can "
@@ -446,6 +467,12 @@ class EventDecoder:
             if not _GOOD_CODES.issuperset(codes) and not _remember(_GOOD_CODES, codes,
                                                                    _good_code):
                 return False
+        if not 1 < event.occurred_at.year < 9999 and not in_utc(event.occurred_at):
+            return False
+        if rule.moments is not None:
+            for moment in rule.moments(data):
+                if moment is not None and not 1 < moment.year < 9999 and not in_utc(moment):
+                    return False
         return event.actor in _GOOD_ACTORS or _remember(_GOOD_ACTORS, (event.actor,),
                                                         _good_actor)
 
@@ -455,7 +482,7 @@ class EventDecoder:
         payload = parse_payload(envelope)  # raises InvalidEvent
         if payload is None:
             return None
-        problem = unstorable(payload)
+        problem = unstorable(envelope, payload)
         if problem is not None:
             raise InvalidEvent(f"{envelope.type}: {problem}")
         return self.from_contract(envelope, payload)
@@ -477,5 +504,6 @@ class EventDecoder:
 
 
 __all__ = ["DATA_TYPES", "ENVELOPES", "Event", "EventDecoder", "DecoderMismatch",
-           "InvalidEvent", "MAX_STORED_VERSION", "unstorable", "Placement", "ContactFlags",
+           "InvalidEvent", "MAX_STORED_VERSION", "in_utc", "unstorable", "Placement",
+           "ContactFlags",
            *(t.__name__ for t in DATA_TYPES)]
