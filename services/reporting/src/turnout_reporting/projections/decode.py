@@ -420,8 +420,8 @@ def unstorable(envelope: Envelope, payload: EventData) -> str | None:
     if isinstance(version, int) and version > MAX_STORED_VERSION:
         return (f"data.member_version: above {MAX_STORED_VERSION}, more than reporting can "
                 "store (contacts never counts that high)")
-    name = getattr(payload, "ballot_name", None)
-    if isinstance(name, str) and "\x00" in name:
+    ballot_name = getattr(payload, "ballot_name", None)
+    if isinstance(ballot_name, str) and "\x00" in ballot_name:
         return ("data.ballot_name: holds a NUL character, which reporting cannot store "
                 "(PostgreSQL text cannot hold one)")
     return None
