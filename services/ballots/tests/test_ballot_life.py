@@ -111,6 +111,7 @@ async def test_a_ballot_is_validated_before_anything_is_stored(ballots_app, toke
         ({"scope": {"group_codes": [], "branch_codes": []}}, "scope"),
         ({"scope": {"branch_codes": ["not a code!"]}}, "branch_codes"),
         ({"name": "Call 07911 123456 to vote"}, "name"),
+        ({"opens_at": "0001-01-01T00:30:00+01:00"}, "opens_at"),  # year 0 in UTC
     ]
     for change, field in cases:
         body = {**ballot_body(), **change}

@@ -69,6 +69,26 @@ async def test_voted_without_a_ballot_is_refused_and_changes_nothing(
     assert await published(contacts_app, kafka_bootstrap, topics) == []
 
 
+async def test_what_the_database_cannot_store_is_refused_and_changes_nothing(
+        contacts_app, tokens, topics, kafka_bootstrap):
+    """A moment that is year 0 in UTC, a NUL character in the note: a 422 naming the
+    problem, rather than a 500 from the database."""
+    member_id = await seed_member(ctx_of(contacts_app))
+    rep = tokens("rep", branches=["B1"])
+    year_zero = await log(contacts_app, rep, member_id, {
+        "channel": "phone", "outcome": "undecided", "contacted_at": "0001-01-01T00:30:00+01:00"})
+    assert year_zero.status_code == 422, year_zero.text
+    assert [e["field"] for e in year_zero.json()["errors"]] == ["body.contacted_at"]
+    assert "UTC" in year_zero.json()["errors"][0]["message"]
+    nul = await log(contacts_app, rep, member_id, {
+        "channel": "phone", "outcome": "undecided", "note": "Call back\u0000 Tuesday"})
+    assert nul.status_code == 422, nul.text
+    assert "NUL character" in nul.json()["detail"] and "Tuesday" not in nul.text
+    assert await stored(contacts_app, member_id) == ([], 1)
+    assert await outbox_drained(ctx_of(contacts_app).engine) == 0
+    assert await published(contacts_app, kafka_bootstrap, topics) == []
+
+
 async def test_voted_with_a_ballot_and_other_outcomes_without_one_are_logged(
         contacts_app, tokens, topics, kafka_bootstrap):
     member_id = await seed_member(ctx_of(contacts_app))

@@ -66,6 +66,8 @@ async def test_national_creates_a_campaign_with_defaults(notifications_app, ball
     ({"schedule": ["P1D", (CLOSES_AT + timedelta(hours=1)).isoformat()]}, "schedule[1]"),
     ({"schedule": ["P1D", "P1D"]}, "schedule[1]"),
     ({"schedule": ["2026-03-21T10:00:00"]}, "schedule[0]"),  # no offset: which zone?
+    ({"schedule": ["P999999999D"]}, "schedule[0]"),  # before the year 1
+    ({"schedule": ["0001-01-01T00:30:00+01:00"]}, "schedule[0]"),  # year 0 in UTC
     ({"schedule": []}, "schedule"),
     ({"channel": "email"}, "channel"),
     ({"max_per_day": 0}, "max_per_day"),

@@ -247,6 +247,32 @@ async def test_bodies_within_the_limit_pass(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json() == {"size": 1024}
 
 
+async def test_a_nul_character_is_refused_before_the_app_sees_it(
+        client: httpx.AsyncClient) -> None:
+    """The database cannot store U+0000: anywhere in a JSON body, path or query it is a
+    422, not a 500 from the database after the request was half handled."""
+    good = {"mobile": "+447911123123", "email_consent": True}
+    for body in (b'{"mobile": "+447911123123\\u0000", "email_consent": true}',
+                 b'{"mobile": "\\\\\\u0000", "email_consent": true}',  # \\ then NUL
+                 b'{"email_consent": true, "note\\u0000": 1}'):
+        r = await client.post("/contacts", content=body,
+                              headers={"content-type": "application/json"})
+        problem = assert_problem(r, 422)
+        assert "NUL character" in problem["detail"] and "+447911" not in r.text
+    for url in ("/items/1?x=a%00b", "/items/1%00"):
+        problem = assert_problem(await client.get(url), 422)
+        assert "NUL character" in problem["detail"]
+    # A backslash and the text "u0000" is not a NUL: it passes (and fails on its own).
+    literal = await client.post("/contacts", content=b'{"mobile": "\\\\u0000", '
+                                b'"email_consent": true}',
+                                headers={"content-type": "application/json"})
+    assert [e["field"] for e in assert_problem(literal, 422)["errors"]] == ["body.mobile"]
+    assert (await client.post("/contacts", json=good)).json() == {"ok": "yes"}
+    # Streamed in pieces, and not JSON: the body reaches the app whole, untouched.
+    r = await client.post("/upload", content=b"\x00raw\x00")
+    assert r.status_code == 200 and r.json() == {"size": 5}
+
+
 # -- correlation ids and access log ----------------------------------------------------
 
 async def test_correlation_id_is_echoed(client: httpx.AsyncClient) -> None:

@@ -39,6 +39,7 @@ from .middleware import (
     AccessMiddleware,
     BodySizeLimitMiddleware,
     CorrelationIdMiddleware,
+    NulCharacterMiddleware,
     UnhandledErrorMiddleware,
 )
 from .problems import install_problem_handlers
@@ -137,6 +138,8 @@ def create_app(
             verifier_getter=lambda: app.state.token_verifier,
             exclude_paths=idempotency_exclude,
         )
+    # Outside idempotency (a refused request stores nothing), inside the size limit.
+    app.add_middleware(NulCharacterMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(AccessMiddleware)

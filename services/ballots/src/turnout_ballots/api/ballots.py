@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from turnout_events.ballots import BallotKind, BallotName
 from turnout_kit.auth import CurrentCaller
+from turnout_kit.moments import StoredMoment
 
 from ..domain.ballot import BallotStatus
 from ..service import ballots as commands
@@ -29,8 +30,8 @@ class BallotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: BallotName
     kind: BallotKind
-    opens_at: AwareDatetime
-    closes_at: AwareDatetime
+    opens_at: StoredMoment
+    closes_at: StoredMoment
     turnout_threshold: float | None = Field(default=0.5, gt=0, le=1, description=(
         "Share of eligible members who must vote; null for a ballot under rules with none."))
     scope: Scope

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from turnout_kit.auth import Role, require_roles
+from turnout_kit.moments import StoredMoment
 
 from ..service import audit
 from .deps import Ctx
@@ -21,8 +22,8 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"],
 Rep = Annotated[str | None, Query(
     max_length=120, description="Who revealed: an actor as logged (`rep:abc`), or a bare "
                                 "subject (`abc`) for every role it acted in.")]
-Since = Annotated[AwareDatetime | None, Query(description="From this time (inclusive).")]
-Until = Annotated[AwareDatetime | None, Query(description="Before this time (exclusive).")]
+Since = Annotated[StoredMoment | None, Query(description="From this time (inclusive).")]
+Until = Annotated[StoredMoment | None, Query(description="Before this time (exclusive).")]
 Cursor = Annotated[str | None, Query(max_length=40)]
 Limit = Annotated[int | None, Query(ge=1, le=500)]
 

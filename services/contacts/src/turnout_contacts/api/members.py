@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from turnout_events.contacts import ConversationChannel, ConversationOutcome
 from turnout_kit.auth import CurrentCaller, Role
+from turnout_kit.moments import StoredMoment
 from turnout_kit.problems import Problem
 
 from ..service import members as commands
@@ -78,7 +79,7 @@ class ConversationIn(BaseModel):
     channel: ConversationChannel
     outcome: ConversationOutcome
     note: str | None = Field(default=None, max_length=2000)
-    contacted_at: AwareDatetime | None = None
+    contacted_at: StoredMoment | None = None
 
 
 class ConversationOut(BaseModel):

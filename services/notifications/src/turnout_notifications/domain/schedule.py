@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
+from turnout_kit.moments import NOT_IN_UTC, in_utc
+
 _DURATION = TypeAdapter(timedelta)
 _INSTANT = TypeAdapter(AwareDatetime)
 
@@ -28,9 +30,15 @@ def resolve_slot(spec: str, closes_at: datetime) -> datetime:
             raise BadSlot("not an ISO 8601 duration such as P3D or PT12H") from None
         if offset <= timedelta(0):
             raise BadSlot("an offset before close must be longer than zero")
-        return closes_at - offset
+        try:
+            return closes_at - offset
+        except OverflowError:  # before the year 1
+            raise BadSlot("an offset before close longer than the calendar") from None
     try:
-        return _INSTANT.validate_python(spec)
+        instant = _INSTANT.validate_python(spec)
     except ValidationError:
         raise BadSlot("not a time with a UTC offset (e.g. 2026-03-20T10:00:00+00:00) "
                       "or a duration before close (e.g. P3D)") from None
+    if not in_utc(instant):
+        raise BadSlot(f"a time that {NOT_IN_UTC}")
+    return instant
