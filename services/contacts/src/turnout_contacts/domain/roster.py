@@ -109,7 +109,7 @@ class ParsedRoster:
         return self.error_count == 0
 
 
-def parse_roster(data: bytes, *, max_rows: int = 500_000, max_errors: int = 1000
+def parse_roster(data: bytes, *, max_rows: int = 1_000_000, max_errors: int = 1000
                  ) -> ParsedRoster:
     """Read and check a whole roster file. Raises `RosterFileError` when the file cannot
     be read as a roster at all; otherwise returns the valid rows and every row problem
@@ -129,7 +129,7 @@ def parse_roster(data: bytes, *, max_rows: int = 500_000, max_errors: int = 1000
     return parsed
 
 
-def read_roster(data: bytes, *, max_rows: int = 500_000) -> RosterFile:
+def read_roster(data: bytes, *, max_rows: int = 1_000_000) -> RosterFile:
     """Decode the file, read it as CSV and check its header. Raises `RosterFileError`."""
     reader = RosterReader(data, max_rows=max_rows)
     return RosterFile(positions=reader.positions, width=reader.width,
@@ -145,7 +145,7 @@ class RosterReader:
     too (the csv module yields them as empty lists), and a quoted cell spanning lines is
     still one row. Blank lines and rows of empty cells are skipped."""
 
-    def __init__(self, data: bytes, *, max_rows: int = 500_000) -> None:
+    def __init__(self, data: bytes, *, max_rows: int = 1_000_000) -> None:
         text = _decode(data)
         self._lines = enumerate(csv.reader(io.StringIO(text, newline=""), strict=True),
                                 start=1)
