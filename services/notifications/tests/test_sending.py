@@ -69,6 +69,17 @@ async def sandbox(client, tokens) -> list[dict]:
     return response.json()["items"]
 
 
+async def test_the_sandbox_page_refuses_a_cursor_past_bigint(notifications_app, tokens):
+    """A 422 naming the parameter, not a 500 from the database."""
+    for before_id, status in ((2**63 - 1, 200), (2**63, 422), (33080697101129198421380431872, 422)):
+        response = await notifications_app.get("/v1/sandbox/messages",
+                                               params={"before_id": before_id},
+                                               headers=tokens("national"))
+        assert response.status_code == status, response.text
+        if status == 422:
+            assert [e["field"] for e in response.json()["errors"]] == ["query.before_id"]
+
+
 async def test_a_campaign_reaches_exactly_the_right_members(
         notifications_app, kafka_bootstrap, topics, fake_contacts, tokens, clock):
     seeded = await seed_ballot(notifications_app, kafka_bootstrap, topics, fake_contacts, {

@@ -422,6 +422,9 @@ async def test_the_stream_needs_a_token_and_never_logs_it(service, tokens, topic
         unknown = await client.get(f"/v1/ballots/{uuid.uuid4()}/stream",
                                    params={"access_token": token})
         assert unknown.status_code == 404
+        past_bigint = await client.get(path, params={"access_token": token,
+                                                     "last_event_id": str(2**63)})
+        assert past_bigint.status_code == 422, past_bigint.text  # not a 500 from the database
     async with open_stream(url, ballot_id, params={"access_token": token}) as stream:
         assert (await stream.next())["event"] == "snapshot"
         assert stream.response.headers["cache-control"] == "no-store"

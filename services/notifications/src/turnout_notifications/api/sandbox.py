@@ -43,7 +43,7 @@ class SandboxPage(BaseModel):
 
 @router.get("/messages", response_model=SandboxPage)
 async def list_messages(ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        before_id: Annotated[int | None, Query(ge=1)] = None) -> Any:
+                        before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Any:
     query = sa.select(sandbox_messages).order_by(sandbox_messages.c.id.desc()).limit(limit)
     if before_id is not None:
         query = query.where(sandbox_messages.c.id < before_id)

@@ -132,9 +132,10 @@ async def stream_turnout(
         "(EventSource). Never logged.")) ] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID",
                                                 include_in_schema=False)] = None,
-    resume_from: Annotated[int | None, Query(alias="last_event_id", ge=0, description=(
-        "Resume after this event id, for clients that cannot send the Last-Event-ID "
-        "header; the header wins when both are given."))] = None,
+    resume_from: Annotated[int | None, Query(
+        alias="last_event_id", ge=0, le=2**63 - 1, description=(
+            "Resume after this event id, for clients that cannot send the Last-Event-ID "
+            "header; the header wins when both are given."))] = None,
 ) -> EventSourceResponse:
     """Live turnout: what each committed batch changed, filtered to your scope.
 
