@@ -1,5 +1,5 @@
-"""Moments a client sends (an API field, a query parameter, a schedule entry), checked
-before they reach the database.
+"""Moments from outside (an API field, a query parameter, a schedule entry, an event that
+reporting stores), checked before they reach the database.
 
 pydantic's `AwareDatetime` takes any moment Python can hold, but PostgreSQL stores a
 `timestamptz` in UTC, and one within hours of the calendar's ends (0001-01-01T00:30+01:00

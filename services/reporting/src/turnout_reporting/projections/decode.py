@@ -16,9 +16,8 @@ check. They are a mirror, not a second contract — `turnout_events` stays the j
   never a wrong answer.
 - one exception: an event the contract accepts but reporting's tables cannot hold (a
   `member_version` past int4, a NUL in a ballot's name, a moment that cannot be written
-  in UTC) is refused here too, with its
-  own message (`unstorable`), and dead-lettered like an invalid one, rather than failing
-  every batch that holds it.
+  in UTC) is refused here too, with its own message (`unstorable`), and dead-lettered
+  like an invalid one, rather than failing every batch that holds it.
 
 `tests/test_decode.py` checks the mirror against the catalogue field by field, so a
 field added to the contract without being added here fails loudly.
@@ -37,7 +36,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any, ClassVar, Union, cast
 
@@ -62,6 +61,7 @@ from turnout_events.privacy import contact_kind
 from turnout_events.registry import parse_payload
 from turnout_events.serde import MAX_EVENT_BYTES
 from turnout_events.serde import decode as contract_decode
+from turnout_kit.moments import in_utc
 
 # Reporting's own limits, past the contract's: what its tables can store. An event beyond
 # them would fail every batch that holds it, and the fold holds its partition on a failed
@@ -395,17 +395,6 @@ def _good_actor(actor: str) -> bool:
     return kind.isidentifier() and (actor == SYSTEM_ACTOR or bool(ident)) and "@" not in actor
 
 
-def in_utc(moment: datetime) -> bool:
-    """Whether a moment can be written in UTC: PostgreSQL stores it so, and a moment
-    within a few hours of the calendar's ends (year 1, year 9999) with an offset that
-    takes it past them cannot be."""
-    try:
-        moment.astimezone(UTC)
-    except OverflowError:
-        return False
-    return True
-
-
 def unstorable(envelope: Envelope, payload: EventData) -> str | None:
     """Why reporting cannot store an event the contract accepts (None: it can). The
     reason names the field, never its value."""
@@ -504,6 +493,5 @@ class EventDecoder:
 
 
 __all__ = ["DATA_TYPES", "ENVELOPES", "Event", "EventDecoder", "DecoderMismatch",
-           "InvalidEvent", "MAX_STORED_VERSION", "in_utc", "unstorable", "Placement",
-           "ContactFlags",
+           "InvalidEvent", "MAX_STORED_VERSION", "unstorable", "Placement", "ContactFlags",
            *(t.__name__ for t in DATA_TYPES)]
