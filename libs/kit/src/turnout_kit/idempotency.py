@@ -57,7 +57,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Caller, InvalidToken, TokenVerifier
-from .middleware import header_values
+from .middleware import body_then, header_values, read_body
 from .problems import problem_response
 
 __all__ = [
@@ -417,7 +417,7 @@ class IdempotencyMiddleware:
             # No token we accept: the app answers 401 (or it is an open endpoint).
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return  # the client went away before sending its body
         request = RequestFingerprint(
@@ -470,23 +470,13 @@ class IdempotencyMiddleware:
     async def _run(self, engine: AsyncEngine, request: RequestFingerprint,
                    lease: uuid.UUID, body: bytes, scope: Scope, receive: Receive,
                    send: Send) -> None:
-        body_sent = False
-
-        async def receive_body() -> Message:
-            # The body we already read, once; then the real channel (for disconnects).
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         messages: list[Message] = []
 
         async def buffer(message: Message) -> None:
             messages.append(message)
 
         try:
-            await self.app(scope, receive_body, buffer)
+            await self.app(scope, body_then(body, receive), buffer)
         except BaseException:
             await self._release_quietly(engine, request, lease)
             raise
@@ -549,17 +539,6 @@ class IdempotencyMiddleware:
             log.exception("idempotency_purge_failed")
         finally:
             self._purging = False
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _replay(response: StoredResponse, send: Send) -> None:

@@ -279,32 +279,37 @@ class NulCharacterMiddleware:
         if not _is_json(header_value(scope, b"content-type")):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message]), send)
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before sending its body
         if b"\\u0000" in body and _JSON_NUL.search(body):
             await problem_response(422, NUL_REFUSED)(scope, receive, send)
             return
-        await self.app(scope, _replay([{"type": "http.request", "body": body,
-                                        "more_body": False}], then=receive), send)
+        await self.app(scope, body_then(body, receive), send)
 
 
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    """A `receive` that gives `messages`, then defers to `then` (a disconnect, later)."""
-    pending = list(messages)
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client went away before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
 
-    return receive
+def body_then(body: bytes, receive: Receive) -> Receive:
+    """A `receive` for the app behind a middleware that read the body: the body, once;
+    then the real channel (for disconnects)."""
+    body_sent = False
+
+    async def receive_body() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receive_body
