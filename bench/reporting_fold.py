@@ -52,7 +52,6 @@ from turnout_reporting.messaging.consumer import (  # noqa: E402
     FoldConsumer,
     consumer_options,
     group_id,
-    relax_garbage_collection,
     source_topics,
 )
 from turnout_reporting.messaging.processes import FoldProcesses  # noqa: E402
@@ -71,6 +70,7 @@ from tests.support.isolation import (  # noqa: E402
     drop_database,
 )
 from turnout_events.database_url import asyncpg_dsn  # noqa: E402
+from turnout_kit.collector import CollectorPause  # noqa: E402
 from turnout_kit.db import run_migrations  # noqa: E402
 
 MIN_FOLD_RATE = 50_000
@@ -119,7 +119,10 @@ async def fill(bootstrap: str, topics, events: list[dict]) -> int:
 async def bare_read(settings: ReportingSettings, topics, total: int) -> Measured:
     consumer = AIOKafkaConsumer(**consumer_options(settings), group_id=None)
     decode = EventDecoder().decode
+    # The fold's garbage collection, as the fold consumer sets it.
+    collector = CollectorPause()
     await consumer.start()
+    collector.start()
     try:
         partitions = [TopicPartition(t, p) for t in source_topics(topics)
                       for p in range(topics.partitions)]
@@ -136,6 +139,7 @@ async def bare_read(settings: ReportingSettings, topics, total: int) -> Measured
                 read += len(records)
         return Measured(read, time.perf_counter() - started, time.process_time() - cpu)
     finally:
+        await collector.stop()
         await consumer.stop()
 
 
@@ -344,8 +348,6 @@ async def measure(infra, members: int, batch: int, fold_processes: int, rounds: 
 
 
 def main(members: int, batch: int, fold_processes: int, rounds: int) -> int:
-    # The fold's process-wide garbage collector setting, for (a) as for (b).
-    relax_garbage_collection()
     with provide_infra() as infra:
         return asyncio.run(measure(infra, members, batch, fold_processes, rounds))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +33,7 @@ from prometheus_client import Counter
 
 from turnout_events.lag import aiokafka_lag
 from turnout_events.topics import METADATA_MAX_AGE_MS, TopicRegistry
+from turnout_kit.collector import CollectorPause
 
 from ..projections.folder import Fetched, Folder, OnBatch
 from ..settings import ReportingSettings
@@ -68,22 +68,6 @@ def consumer_options(settings: ReportingSettings) -> dict[str, Any]:
         "fetch_max_bytes": 8 * settings.fold_fetch_partition_bytes,
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
-
-
-def relax_garbage_collection() -> None:
-    """Collect young objects every 100,000 allocations rather than every 700.
-
-    A batch allocates about ten tracked objects per record (Kafka's records, ids, the
-    fold's keys) and frees them all by reference counting when it is done; none form
-    cycles. At CPython's default threshold the collector runs hundreds of times per
-    batch, and as the batch's live objects survive those runs they are promoted until a
-    full collection walks the whole heap — every 15,000 records or so, which took 40% of
-    the fold's time. With this threshold a batch is mostly freed before a collection
-    sees it. Process-wide, so set once; cyclic garbage elsewhere waits a little longer.
-    """
-    first, second, third = gc.get_threshold()
-    if first < 100_000:
-        gc.set_threshold(100_000, max(second, 50), max(third, 100))
 
 
 class Prefetch:
@@ -152,6 +136,8 @@ class FoldConsumer:
         # Held while a batch is prepared and handed over, and by a revocation, an
         # assignment and a rebuild's swap: none of them happens in the middle of another.
         self.batch_lock = asyncio.Lock()
+        # Automatic garbage collection off while folding (see turnout_kit.collector).
+        self._collector = CollectorPause()
 
     def lag(self) -> Iterator[tuple[str, str, int]]:
         """(group, topic, records not folded yet) per owned partition, for the
@@ -171,7 +157,6 @@ class FoldConsumer:
         return self.folder.folded
 
     async def start(self) -> None:
-        relax_garbage_collection()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id="reporting-dead-letter", acks="all", enable_idempotence=True)
@@ -199,6 +184,7 @@ class FoldConsumer:
             await self._producer.stop()
             raise
         self._consumer.subscribe(source_topics(self.topics), listener=_Listener(self))
+        self._collector.start()
         self._task = asyncio.create_task(self._run(), name="reporting-fold")
         log.info("fold_consumer_started", group=self.group)
 
@@ -218,6 +204,7 @@ class FoldConsumer:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        await self._collector.stop()
         log.info("fold_consumer_stopped", group=self.group, folded=self.folded)
 
     async def pause(self) -> None:

@@ -50,6 +50,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from turnout_events.database_url import asyncpg_dsn
+from turnout_kit.collector import CollectorPause
 
 from ..context import ReportingContext
 from ..messaging.consumer import Prefetch, align, consumer_options, group_id, source_topics
@@ -150,6 +151,8 @@ class Rebuild:
         self._kafka: AIOKafkaConsumer | None = None
         self._folder: Folder | None = None
         self._prefetch: Prefetch | None = None
+        # Automatic garbage collection off while folding, as in the live fold.
+        self._collector = CollectorPause()
         self._reported = 0.0
         self.skipped = 0  # invalid records (dead-lettered by the live fold already)
 
@@ -216,6 +219,7 @@ class Rebuild:
         for tp in partitions:
             self._kafka.seek(tp, stored[(tp.topic, tp.partition)])
         self._prefetch = Prefetch(self._kafka, self._folder, settings)
+        self._collector.start()
         log.info("rebuild_folding", rebuild_id=str(self.rebuild_id), partitions=len(partitions))
 
     async def _skip(self, record: ConsumerRecord, error: str) -> None:
@@ -339,6 +343,7 @@ class Rebuild:
     # -- bookkeeping --------------------------------------------------------------------
 
     async def _stop_folding(self) -> None:
+        await self._collector.stop()
         if self._prefetch is not None:
             self._prefetch.cancel()
         if self._folder is not None:
