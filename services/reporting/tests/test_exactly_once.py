@@ -31,6 +31,7 @@ from tests.support.events import eventually
 from tests.support.isolation import create_topics, delete_topics
 from tests.support.services import running
 from turnout_events.database_url import asyncpg_dsn
+from turnout_kit import collector
 from turnout_local import services
 
 pytestmark = pytest.mark.integration
@@ -196,6 +197,7 @@ async def test_two_instances_share_the_partitions_and_together_count_each_event_
                             and len(mine | theirs) == partitions)
 
                 await wait_for(sharing, "for both instances to own a share of the partitions")
+                assert collector.paused(), "the fold runs with automatic garbage collection"
                 leaving_partitions = {(tp.topic, tp.partition) for tp in assignment(leaving)}
 
                 await publish(kafka_bootstrap, topics, first_events)
@@ -229,5 +231,7 @@ async def test_two_instances_share_the_partitions_and_together_count_each_event_
             assert staying.folded + leaving.folded == total
             await assert_exact(client, national, first_wave)
             await assert_exact(client, national, second_wave)
+        # Both stopped: the collector is as it was before their folds.
+        assert not collector.paused()
     finally:
         await delete_topics(kafka_bootstrap, topics)
