@@ -70,7 +70,7 @@ from tests.support.isolation import (  # noqa: E402
     drop_database,
 )
 from turnout_events.database_url import asyncpg_dsn  # noqa: E402
-from turnout_kit.collector import CollectorPause  # noqa: E402
+from turnout_kit.collector import COLLECT_EVERY_S, CollectorPause  # noqa: E402
 from turnout_kit.db import run_migrations  # noqa: E402
 
 MIN_FOLD_RATE = 50_000
@@ -119,8 +119,8 @@ async def fill(bootstrap: str, topics, events: list[dict]) -> int:
 async def bare_read(settings: ReportingSettings, topics, total: int) -> Measured:
     consumer = AIOKafkaConsumer(**consumer_options(settings), group_id=None)
     decode = EventDecoder().decode
-    # The fold's garbage collection, as the fold consumer sets it.
-    collector = CollectorPause()
+    # Garbage collection as in a fold process, (b)'s.
+    collector = CollectorPause(COLLECT_EVERY_S)
     await consumer.start()
     collector.start()
     try:

@@ -23,11 +23,15 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-# A full collection walks every object the collector tracks: about 0.2 s in a fold
-# process holding half a million members' states. Cycles made meanwhile (exceptions
-# with their tracebacks, a closed connection's objects) are few, and wait at most this
-# long.
+# How often a long pause collects. A full collection walks every object the collector
+# tracks: about 0.2 s in a fold process holding half a million members' states, less
+# once it has untracked those it can. A process that only folds makes few cycles
+# (exceptions with their tracebacks, a closed connection's objects), and they wait at
+# most a minute. A process that also serves HTTP makes more: a request through FastAPI
+# leaves a few dozen objects in cycles (24 measured through httpx's ASGI transport), a
+# few megabytes a second under heavy load, so it collects every 10 s.
 COLLECT_EVERY_S = 60.0
+COLLECT_EVERY_S_BESIDE_REQUESTS = 10.0
 
 _pauses = 0
 _enable_after = False
@@ -72,7 +76,7 @@ class CollectorPause:
     (the fold consumer) or for minutes (a rebuild). Start it in the running event loop.
     """
 
-    def __init__(self, every_s: float = COLLECT_EVERY_S) -> None:
+    def __init__(self, every_s: float = COLLECT_EVERY_S_BESIDE_REQUESTS) -> None:
         self.every_s = every_s
         self._task: asyncio.Task[None] | None = None
 

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 
 from turnout_events.lag import aiokafka_lag
 from turnout_events.topics import METADATA_MAX_AGE_MS, TopicRegistry
-from turnout_kit.collector import CollectorPause
+from turnout_kit.collector import COLLECT_EVERY_S_BESIDE_REQUESTS, CollectorPause
 
 from ..projections.folder import Fetched, Folder, OnBatch
 from ..settings import ReportingSettings
@@ -123,7 +123,8 @@ def align(consumer: AIOKafkaConsumer, folder: Folder, slack_ms: int) -> None:
 
 class FoldConsumer:
     def __init__(self, settings: ReportingSettings, topics: TopicRegistry,
-                 pool: asyncpg.Pool, *, on_batch: OnBatch | None = None) -> None:
+                 pool: asyncpg.Pool, *, on_batch: OnBatch | None = None,
+                 collect_every_s: float = COLLECT_EVERY_S_BESIDE_REQUESTS) -> None:
         self.settings = settings
         self.topics = topics
         self.group = group_id(topics)
@@ -136,8 +137,10 @@ class FoldConsumer:
         # Held while a batch is prepared and handed over, and by a revocation, an
         # assignment and a rebuild's swap: none of them happens in the middle of another.
         self.batch_lock = asyncio.Lock()
-        # Automatic garbage collection off while folding (see turnout_kit.collector).
-        self._collector = CollectorPause()
+        # Automatic garbage collection off while folding, and a full collection on a
+        # schedule instead: how often depends on what else the process does (see
+        # turnout_kit.collector).
+        self._collector = CollectorPause(collect_every_s)
 
     def lag(self) -> Iterator[tuple[str, str, int]]:
         """(group, topic, records not folded yet) per owned partition, for the

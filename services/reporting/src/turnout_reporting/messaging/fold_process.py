@@ -43,6 +43,7 @@ async def _fold_until_stopped(settings: ReportingSettings, index: int, parent: i
 
     import structlog
 
+    from turnout_kit.collector import COLLECT_EVERY_S
     from turnout_kit.startup import start_with_retry
 
     from ..projections.store import fold_pool
@@ -54,7 +55,9 @@ async def _fold_until_stopped(settings: ReportingSettings, index: int, parent: i
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     pool = await fold_pool(settings.database_url, f"reporting-fold-{index}")
-    consumer = FoldConsumer(settings, settings.topic_registry(), pool)
+    # This process only folds: no requests leave cycles behind for the collector.
+    consumer = FoldConsumer(settings, settings.topic_registry(), pool,
+                            collect_every_s=COLLECT_EVERY_S)
     starter = await start_with_retry(consumer, name="fold_consumer")
     try:
         while not stop.is_set():

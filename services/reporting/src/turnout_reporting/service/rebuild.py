@@ -151,7 +151,9 @@ class Rebuild:
         self._kafka: AIOKafkaConsumer | None = None
         self._folder: Folder | None = None
         self._prefetch: Prefetch | None = None
-        # Automatic garbage collection off while folding, as in the live fold.
+        # Automatic garbage collection off while folding, as in the live fold, and a
+        # full collection every 10 s (the default): a rebuild runs in the service
+        # process, beside its requests.
         self._collector = CollectorPause()
         self._reported = 0.0
         self.skipped = 0  # invalid records (dead-lettered by the live fold already)
