@@ -27,6 +27,17 @@ DEFAULT_PORT = 9092
 MIN_JAVA = 17
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes one (a UUID in URL-safe base64, unpadded),
+    never starting with '-': the storage tool would read one that did as an option
+    and fail for want of the id, one fresh machine in 64 (Kafka's own Uuid.randomUuid
+    draws again in that case too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass(frozen=True)
 class KafkaStatus:
     running: bool
@@ -143,10 +154,9 @@ class LocalKafka:
     def _format_once(self, java: str) -> None:
         if (self.data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [java, *self._jvm_props(), "-cp", f"{self.libs}/*", "kafka.tools.StorageTool",
-             "format", "-t", cluster_id, "-c", str(self.config)],
+             "format", "-t", new_cluster_id(), "-c", str(self.config)],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
