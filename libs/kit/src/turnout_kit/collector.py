@@ -25,11 +25,11 @@ from collections.abc import Iterator
 
 # How often a long pause collects. A full collection walks every object the collector
 # tracks: about 0.2 s in a fold process holding half a million members' states (one
-# tuple each), 0.45 s in a rebuild holding a million. A process that only folds makes few cycles
-# (exceptions with their tracebacks, a closed connection's objects), and they wait at
-# most a minute. A process that also serves HTTP makes more: a request through FastAPI
-# leaves a few dozen objects in cycles (24 measured through httpx's ASGI transport), a
-# few megabytes a second under heavy load, so it collects every 10 s.
+# tuple each), 0.45 s in a rebuild holding a million. A process that only folds makes
+# few cycles (exceptions with their tracebacks, a closed connection's objects), and
+# they wait at most a minute. A process that also serves HTTP makes more: a request
+# through FastAPI leaves a few dozen objects in cycles (24 measured through httpx's
+# ASGI transport), a few megabytes a second under heavy load, so it collects every 10 s.
 COLLECT_EVERY_S = 60.0
 COLLECT_EVERY_S_BESIDE_REQUESTS = 10.0
 
