@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from turnout_reporting.projections.decode import EventDecoder
-from turnout_reporting.projections.fold import COUNTS, MemberStates, fold, hour_of
+from turnout_reporting.projections.fold import (
+    COUNTS,
+    MemberStates,
+    fold,
+    hour_of,
+    hours_since_epoch,
+)
 from turnout_reporting.synthetic import generate_ballot
 
 from turnout_events.ballots import MemberEnrolled, Voted, VoteRetracted
@@ -161,6 +167,25 @@ def test_a_duplicate_within_a_batch_counts_once():
                                  ((BALLOT, "group", "G1", "", ""), hour_of(T0)): 1,
                                  ((BALLOT, "branch", "G1", "B1", ""), hour_of(T0)): 1,
                                  ((BALLOT, "workplace", "G1", "B1", "W-B1"), hour_of(T0)): 1}
+
+
+@pytest.mark.parametrize("when", [
+    datetime(2026, 3, 5, 15, 45, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    datetime(2026, 3, 5, 5, 59, tzinfo=timezone(-timedelta(hours=4, minutes=30))),
+])
+def test_a_vote_written_with_another_offset_counts_in_its_hour_in_utc(when):
+    projection = folded([registered(), enrolled(), voted(when=when)])
+    assert set(h for (_, h) in projection.timeline()) == {hour_of(T0)}  # 10:00 UTC
+
+
+def test_hours_since_the_epoch_agree_with_the_clock():
+    rng = random.Random(5)
+    offsets = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
+    for _ in range(2_000):
+        moment = datetime(1969, 6, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(2 * 10**9))
+        moment = moment.astimezone(rng.choice(offsets))
+        assert hours_since_epoch(moment) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) \
+            // timedelta(hours=1)
 
 
 @pytest.mark.parametrize("order", ["vote first", "retraction first"])

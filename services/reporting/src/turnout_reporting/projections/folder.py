@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from operator import attrgetter
 
 import asyncpg
 import structlog
@@ -54,6 +54,8 @@ BATCH_SECONDS = Histogram("reporting_fold_batch_seconds", "One batch: decode, fo
 # on a first fold, partitions change hands while the fold processes and instances join,
 # and most members met after that have no state yet.
 FRESH_LOAD_LIMIT = 250_000
+
+_KEY = attrgetter("key")
 
 OnBatch = Callable[[FoldResult], Awaitable[None]]
 DeadLetter = Callable[[ConsumerRecord, str], Awaitable[None]]
@@ -194,7 +196,11 @@ class Folder:
         expected = Stored(dict(self.positions), self._table)
         ends = dict(self.positions)
         events: list[Event] = []
-        members: dict[int, set[str | None]] = {}  # per partition number
+        # The members the events name, per partition number: each event's key, which
+        # is its member's id (the odd ballot-opened or -closed is keyed by its ballot's
+        # id, under which no state is stored: a lookup that finds nothing). The keys
+        # rather than the payloads' member ids, because they are read in C.
+        members: dict[int, set[str]] = {}
         records = 0
         times: dict[PartitionKey, int] = {}
         decode = self._decode
@@ -215,8 +221,7 @@ class Folder:
                     continue
                 if event is not None:  # None: a type or version nobody here knows
                     append(event)
-            members.setdefault(tp.partition, set()).update(
-                [getattr(e.data, "member_id", None) for e in events[first:]])
+            members.setdefault(tp.partition, set()).update(map(_KEY, events[first:]))
             records += len(batch)
             ends[key] = batch[-1].offset + 1
             times[key] = batch[-1].timestamp
@@ -227,15 +232,14 @@ class Folder:
         self.times.update(times)
         return Batch(result, expected, ends, records, started)
 
-    async def _fold(self, events: list[Event], members: dict[int, set[str | None]]
+    async def _fold(self, events: list[Event], members: dict[int, set[str]]
                     ) -> FoldResult:
         stored = self._stored
         states: dict[str, MemberStates] = {}
         missing: list[str] = []
         for number, ids in members.items():
-            ids.discard(None)
             fresh = number in stored.fresh
-            found, unknown = self._recent.find(cast("set[str]", ids))  # None discarded
+            found, unknown = self._recent.find(ids)
             states.update(found)
             missing += unknown if not fresh else filter(stored.maybe, unknown)
             if fresh:
