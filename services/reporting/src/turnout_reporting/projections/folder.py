@@ -197,9 +197,10 @@ class Folder:
         ends = dict(self.positions)
         events: list[Event] = []
         # The members the events name, per partition number: each event's key, which
-        # is its member's id (the odd ballot-opened or -closed is keyed by its ballot's
-        # id, under which no state is stored: a lookup that finds nothing). The keys
-        # rather than the payloads' member ids, because they are read in C.
+        # is its member's id (the decoder checks that it is; the odd ballot-opened or
+        # -closed is keyed by its ballot's id, under which no state is stored: a lookup
+        # that finds nothing). The keys rather than the payloads' member ids, because
+        # they are read in C.
         members: dict[int, set[str]] = {}
         records = 0
         times: dict[PartitionKey, int] = {}
