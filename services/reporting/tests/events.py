@@ -47,7 +47,8 @@ async def publish(kafka_bootstrap: str, topics, envelopes: Iterable[Envelope]) -
     return sent
 
 
-async def publish_raw(kafka_bootstrap: str, topic: str, value: bytes, key: bytes) -> None:
+async def publish_raw(kafka_bootstrap: str, topic: str, value: bytes, key: bytes | None
+                      ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:

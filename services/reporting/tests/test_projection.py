@@ -159,10 +159,23 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_still_counts(
         **vote["data"], "voted_at": "0001-01-01T00:30:00+01:00"}}  # in UTC, year 0
     await publish_raw(kafka_bootstrap, topics.events("ballots"),
                       json.dumps(year_zero).encode(), vote["key"].encode())
+    # A valid vote of a member who never votes, on a record keyed by another member
+    # (and on one with no key): the fold looks a member's state up by the record's key,
+    # so either one folded would count a vote the ground truth does not have.
+    voters = {e["data"]["member_id"] for e in ballot.events if e["type"] == "ballots.voted"}
+    abstainer = next(e["data"]["member_id"] for e in ballot.events
+                     if e["type"] == "ballots.member-enrolled"
+                     and e["data"]["member_id"] not in voters)
+    stray = vote | {"id": str(uuid.uuid4()), "key": abstainer,
+                    "data": {**vote["data"], "member_id": abstainer}}
+    await publish_raw(kafka_bootstrap, topics.events("ballots"), json.dumps(stray).encode(),
+                      vote["key"].encode())
+    await publish_raw(kafka_bootstrap, topics.events("ballots"),
+                      json.dumps(stray | {"id": str(uuid.uuid4())}).encode(), None)
     await publish(kafka_bootstrap, topics, shuffled(ballot.envelopes, seed=4))
     await until_equal(reporting_app, tokens("national"), ballot)
-    dead = await read_until(kafka_bootstrap, [topics.dead_letter], count=5, timeout=30)
-    assert len(dead) == 5
+    dead = await read_until(kafka_bootstrap, [topics.dead_letter], count=7, timeout=30)
+    assert len(dead) == 7
     reasons = [dict(r.headers) for r in dead]
     assert {h["dead-letter-topic"] for h in reasons} == {contacts_topic.encode(),
                                                         topics.events("ballots").encode()}
@@ -172,3 +185,4 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_still_counts(
     assert sum(b"reporting can" in e for e in errors) == 3  # can store / cannot store
     assert any(b"data.ballot_name: holds a NUL" in e for e in errors)
     assert any(b"data.voted_at: cannot be written in UTC" in e for e in errors)
+    assert sum(b"the record's key is not the event's key" in e for e in errors) == 2
