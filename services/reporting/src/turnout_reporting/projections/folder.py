@@ -3,7 +3,7 @@ committing while the next is prepared.
 
     folder = Folder(pool, group, topics, dead_letter)
     await folder.own(partitions)        # from their stored offsets
-    batch = await folder.prepare(fetched)  # decode, load what it touches, fold
+    batch = await folder.prepare(fetched)  # load what the keys name; decode and fold
     await folder.settle()               # the batch before it committed (or raise)
     folder.start_commit(batch)          # commit it in the background
 
