@@ -134,3 +134,54 @@ async def test_stored_ids_are_read_only_while_few(database_url):
         assert len(await stored_member_ids(conn, 30)) == 5  # 50 is not above 60
     finally:
         await conn.close()
+
+
+async def test_records_of_no_member_are_dead_lettered_where_states_are_looked_up(
+        database_url, monkeypatch):
+    """A folder that took over partitions it cannot know the stored members of asks the
+    database about every key it meets — including a malformed record's, which names no
+    member: it is dead-lettered, and the batch around it still counts."""
+    monkeypatch.setattr(folder_module, "FRESH_LOAD_LIMIT", 1)
+    ballot = generate_ballot(members=200, seed=12)
+    records = records_by_partition(ballot)
+    await run_migrations(MIGRATIONS, database_url)
+    pool = await fold_pool(database_url, "handover-bad-keys")
+    partitions = [(t, p) for t in TOPICS for p in range(PARTITIONS)]
+    dead: list[str] = []
+
+    async def dead_letter(record, error) -> None:
+        dead.append(error)
+
+    try:
+        first = Folder(pool, GROUP, TOPICS, no_dead_letters)
+        await first.own(partitions)
+        for number in range(PARTITIONS):
+            await fold_through(first, records, number, 0.0, 0.5)
+        first.release()
+        second = Folder(pool, GROUP, TOPICS, dead_letter)
+        await second.own(partitions)
+        assert second._stored.fresh == set()  # more stored than it may read: it asks
+
+        for number in range(PARTITIONS):
+            await fold_through(second, records, number, 0.5, 1.0)
+        # Then a batch of records that no member's events are: one not an event at all,
+        # and a vote keyed by nothing, by '' and by another member.
+        tp = TopicPartition(TOPICS[1], 0)  # ballots
+        vote = next(r for r in records[tp] if b'"ballots.voted"' in r.value)
+        other = next(r.key for r in records[tp] if r.key != vote.key)
+        bad = [(b"k1", b"{not json"), (None, vote.value), (b"", vote.value),
+               (other, vote.value)]
+        end = len(records[tp])
+        fetched = {tp: [ConsumerRecord(tp.topic, tp.partition, end + n, vote.timestamp, 0,
+                                       key, value, None, len(key or b""), len(value), ())
+                        for n, (key, value) in enumerate(bad)]}
+        batch = await second.prepare(fetched)
+        await second.settle()
+        assert batch is not None
+        second.start_commit(batch)
+        await second.settle()
+    finally:
+        await pool.close()
+    assert len(dead) == len(bad)
+    assert sum(error == folder_module.MISKEYED for error in dead) == 3
+    assert await numbers(database_url) == ballot.truth

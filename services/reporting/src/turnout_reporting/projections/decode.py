@@ -76,7 +76,8 @@ Moment = Annotated[datetime, Meta(tz=True)]
 Version = Annotated[int, Meta(ge=1, le=MAX_STORED_VERSION)]  # past it: see `unstorable`
 Count = Annotated[int, Meta(ge=0)]
 
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# An id as the fold keys its states: a UUID in its canonical (lowercase) form.
+CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CODE = re.compile(CODE_PATTERN)
 
 
@@ -386,7 +387,7 @@ def _remember(good: set, values: tuple, check: Callable[[str], bool]) -> bool:
 
 
 def _good_id(value: str) -> bool:
-    return bool(_CANONICAL_UUID.fullmatch(value))
+    return bool(CANONICAL_ID.fullmatch(value))
 
 
 def _good_actor(actor: str) -> bool:
@@ -492,6 +493,6 @@ class EventDecoder:
         return event
 
 
-__all__ = ["DATA_TYPES", "ENVELOPES", "Event", "EventDecoder", "DecoderMismatch",
+__all__ = ["CANONICAL_ID", "DATA_TYPES", "ENVELOPES", "Event", "EventDecoder", "DecoderMismatch",
            "InvalidEvent", "MAX_STORED_VERSION", "unstorable", "Placement", "ContactFlags",
            *(t.__name__ for t in DATA_TYPES)]

@@ -31,6 +31,7 @@ from msgspec.structs import astuple
 from turnout_events.database_url import asyncpg_dsn
 
 from .changes import HOURLY_RETURNING, TURNOUT_RETURNING, record_changes
+from .decode import CANONICAL_ID
 from .fold import COUNTS, BallotMemberState, FoldResult, MemberState, MemberStates
 
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -115,11 +116,13 @@ async def stored_member_ids(conn: asyncpg.Connection, limit: int) -> list[str] |
 async def load_states(conn: asyncpg.Connection, member_ids: list[str]) -> dict[str, MemberStates]:
     """Everything stored about these members (absent: nothing stored)."""
     states: dict[str, MemberStates] = {}
-    if not member_ids:
-        return states
     # One string rather than an array of ids: asyncpg checks every element of an array
-    # parameter in Python, which costs more than the query.
-    ids = ",".join(member_ids)
+    # parameter in Python, which costs more than the query. Only ids: a record's key that
+    # is none (a malformed record, being dead-lettered) names no state, and cast to uuid
+    # it would fail the whole batch.
+    ids = ",".join(filter(CANONICAL_ID.fullmatch, member_ids))
+    if not ids:
+        return states
     members: dict[str, MemberState] = {}
     for r in await conn.fetch(
             "SELECT member_id, contact_version, has_mobile, has_email, sms_consent, "
