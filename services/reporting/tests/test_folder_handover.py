@@ -41,13 +41,16 @@ def records_by_partition(ballot) -> dict[TopicPartition, list[ConsumerRecord]]:
         key = envelope.key.encode()
         tp = TopicPartition(f"handover.{envelope.source}.events",
                             zlib.crc32(key) % PARTITIONS)
-        value = encode(envelope)
         records = by_partition[tp]
-        records.append(ConsumerRecord(
-            tp.topic, tp.partition, len(records),
-            int(envelope.occurred_at.timestamp() * 1000), 0, key, value, None, len(key),
-            len(value), ()))
+        records.append(record(tp, len(records), int(envelope.occurred_at.timestamp() * 1000),
+                              key, encode(envelope)))
     return by_partition
+
+
+def record(tp: TopicPartition, offset: int, timestamp: int, key: bytes | None,
+           value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, timestamp, 0, key, value, None,
+                          len(key or b""), len(value), ())
 
 
 async def fold_through(folder: Folder, records: dict[TopicPartition, list[ConsumerRecord]],
@@ -172,8 +175,7 @@ async def test_records_of_no_member_are_dead_lettered_where_states_are_looked_up
         bad = [(b"k1", b"{not json"), (None, vote.value), (b"", vote.value),
                (other, vote.value)]
         end = len(records[tp])
-        fetched = {tp: [ConsumerRecord(tp.topic, tp.partition, end + n, vote.timestamp, 0,
-                                       key, value, None, len(key or b""), len(value), ())
+        fetched = {tp: [record(tp, end + n, vote.timestamp, key, value)
                         for n, (key, value) in enumerate(bad)]}
         batch = await second.prepare(fetched)
         await second.settle()

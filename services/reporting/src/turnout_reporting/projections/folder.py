@@ -78,7 +78,7 @@ Fetched = Mapping[TopicPartition, list[ConsumerRecord]]
 class Batch:
     """A batch folded and ready to commit."""
 
-    result: FoldResult | None
+    result: FoldResult
     expected: Stored  # every owned partition, at its stored offset
     ends: dict[PartitionKey, int]  # the same, after this batch
     records: int  # records it moves past (including ignored and dead-lettered ones)
@@ -300,7 +300,7 @@ class Folder:
         self.folded += batch.records
         FOLDED.inc(batch.records)
         BATCH_SECONDS.observe(time.perf_counter() - batch.started)
-        if batch.result is not None and self.on_batch is not None:
+        if self.on_batch is not None:
             try:
                 await self.on_batch(batch.result)
             except Exception:
